@@ -1,0 +1,59 @@
+"""vaelib: the small PyTorch library behind *The ELBO Book*.
+
+One module per idea of the book:
+
+========================  ===========================================================  =========
+module                    what it holds                                                chapter
+========================  ===========================================================  =========
+:mod:`vaelib.toy`         the tractable linear-Gaussian model; probabilistic PCA         1, 3
+:mod:`vaelib.densities`   Gaussian and Bernoulli log-densities                         2, 4
+:mod:`vaelib.kl`          closed-form KL between Gaussians                             2, 4
+:mod:`vaelib.elbo`        the ELBO and its two terms                                   3, 4
+:mod:`vaelib.sampling`    the reparameterisation trick                                 5
+:mod:`vaelib.model`       the VAE (encoder, decoder)                                   4, 6
+:mod:`vaelib.train`       fitting a VAE by maximising the ELBO                         3, 4, 6
+:mod:`vaelib.iwae`        the importance-weighted bound and log-likelihood estimates   6
+:mod:`vaelib.generate`    sampling from the prior, interpolation                       6
+:mod:`vaelib.data`        bundled real digits, IDX reader                              4, 6
+:mod:`vaelib.checkpoint`  safe save/load                                               6
+:mod:`vaelib.plot`        image grids, latent scatter, manifold                        4, 6
+========================  ===========================================================  =========
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import data, plot, toy
+from .checkpoint import load, save
+from .densities import log_bernoulli, log_normal
+from .elbo import ELBOTerms, elbo
+from .generate import interpolate, sample
+from .iwae import iwae_bound, log_likelihood
+from .kl import gaussian_kl, kl_normal
+from .model import VAE
+from .sampling import reparameterize
+from .train import History, TrainingDivergedError, fit
+
+__all__ = [
+    "ELBOTerms",
+    "History",
+    "TrainingDivergedError",
+    "VAE",
+    "elbo",
+    "fit",
+    "gaussian_kl",
+    "interpolate",
+    "iwae_bound",
+    "kl_normal",
+    "load",
+    "log_bernoulli",
+    "log_likelihood",
+    "log_normal",
+    "reparameterize",
+    "sample",
+    "save",
+    "data",
+    "plot",
+    "toy",
+]

@@ -1,0 +1,99 @@
+"""Input validation shared by the public API.
+
+Every public function of :mod:`vaelib` checks its arguments here, so a wrong shape, dtype, a NaN or a
+non-positive count ends in a clear ``TypeError``/``ValueError`` that names the argument, never in a crash
+deep inside PyTorch or a silent wrong number.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+from torch import Tensor
+
+
+def check_tensor(
+    name: str,
+    x: object,
+    *,
+    ndim: int | tuple[int, ...] | None = None,
+    last_dim: int | None = None,
+    finite: bool = True,
+    nonempty: bool = True,
+) -> Tensor:
+    """Return ``x`` if it is a floating-point tensor of the expected rank; raise otherwise.
+
+    Args:
+        name: the argument's name, used in the error message.
+        x: the value to check.
+        ndim: the allowed number(s) of dimensions.
+        last_dim: the required size of the last dimension.
+        finite: reject NaN and infinite entries.
+        nonempty: reject tensors with no elements.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else ndim
+        if x.dim() not in allowed:
+            want = " or ".join(str(a) for a in allowed)
+            raise ValueError(f"{name} must have {want} dimensions, got shape {tuple(x.shape)}")
+    if last_dim is not None and (x.dim() == 0 or x.shape[-1] != last_dim):
+        raise ValueError(f"{name} must have last dimension {last_dim}, got shape {tuple(x.shape)}")
+    if nonempty and x.numel() == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
+    if finite and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return x
+
+
+def check_same_shape(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
+    """Raise ``ValueError`` unless ``a`` and ``b`` have the same shape."""
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+
+
+def check_binary(name: str, x: Tensor) -> None:
+    """Raise ``ValueError`` unless every entry of ``x`` is 0 or 1 (the support of a Bernoulli)."""
+    if not bool(((x == 0) | (x == 1)).all()):
+        raise ValueError(
+            f"{name} must be binary (0 or 1) for a Bernoulli likelihood; got values in "
+            f"[{float(x.min()):.3g}, {float(x.max()):.3g}]. Binarise grey levels first "
+            "(vaelib.data.binarize) or use likelihood='gaussian'."
+        )
+
+
+def check_int(name: str, value: object, *, minimum: int = 1) -> int:
+    """Return ``value`` as an ``int`` if it is an integer ``>= minimum``; raise otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_float(
+    name: str, value: object, *, minimum: float | None = None, strict: bool = False
+) -> float:
+    """Return ``value`` as a finite ``float``, optionally bounded below; raise otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    v = float(value)
+    if v != v or v in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite, got {v}")
+    if minimum is not None and (v < minimum or (strict and v == minimum)):
+        op = ">" if strict else ">="
+        raise ValueError(f"{name} must be {op} {minimum}, got {v}")
+    return v
+
+
+def check_generator(name: str, generator: object) -> torch.Generator | None:
+    """Return ``generator`` if it is ``None`` or a ``torch.Generator``; raise otherwise."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{name} must be a torch.Generator or None, got {type(generator).__name__}")
+    return generator

@@ -1,0 +1,85 @@
+"""Log-densities of the two likelihoods the book uses: Gaussian and Bernoulli.
+
+Both sum over the last dimension, so a per-pixel density becomes a per-example log-likelihood in nats,
+as in chapter 4 (the reconstruction term is a sum over pixels, not a mean).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._validate import check_binary, check_tensor
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def log_normal(x: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    r"""Diagonal Gaussian log-density, summed over the last dimension.
+
+    .. math:: \log \mathcal{N}(x; \mu, \operatorname{diag}\sigma^2)
+              = -\tfrac12 \sum_j \bigl[\log 2\pi + \log\sigma_j^2 + (x_j-\mu_j)^2/\sigma_j^2\bigr]
+
+    Args:
+        x: points, ``(..., D)``.
+        mu: means, broadcastable to ``x``.
+        logvar: log-variances :math:`\log\sigma^2`, broadcastable to ``x``.
+
+    Returns:
+        ``(...)``: one log-density in nats per point.
+    """
+    check_tensor("x", x, finite=False)
+    check_tensor("mu", mu)
+    check_tensor("logvar", logvar)
+    if x.dim() == 0:
+        raise ValueError("x must have at least one dimension (the last one is summed over)")
+    try:
+        torch.broadcast_shapes(x.shape, mu.shape, logvar.shape)
+    except RuntimeError as err:
+        raise ValueError(
+            f"x, mu and logvar must broadcast together, got shapes {tuple(x.shape)}, "
+            f"{tuple(mu.shape)}, {tuple(logvar.shape)}"
+        ) from err
+    return _log_normal(x, mu, logvar)
+
+
+def _log_normal(x: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    """:func:`log_normal` without input checks, for the training hot path."""
+    return -0.5 * (LOG_2PI + logvar + (x - mu).pow(2) * torch.exp(-logvar)).sum(-1)
+
+
+def log_bernoulli(x: Tensor, logits: Tensor) -> Tensor:
+    r"""Bernoulli log-probability of binary ``x`` under ``logits``, summed over the last dimension.
+
+    .. math:: \log p(x) = \sum_j \bigl[x_j \log \pi_j + (1-x_j)\log(1-\pi_j)\bigr],
+              \quad \pi_j = \operatorname{sigmoid}(\text{logit}_j)
+
+    Computed from logits (``binary_cross_entropy_with_logits``), so logits of :math:`\pm 100` stay finite.
+
+    Args:
+        x: binary observations, ``(..., D)``; grey levels are rejected.
+        logits: ``(..., D)``, broadcastable to ``x``.
+
+    Returns:
+        ``(...)``: one log-probability in nats per example.
+    """
+    check_tensor("x", x)
+    check_tensor("logits", logits)
+    if x.dim() == 0:
+        raise ValueError("x must have at least one dimension (the last one is summed over)")
+    check_binary("x", x)
+    try:
+        shape = torch.broadcast_shapes(x.shape, logits.shape)
+    except RuntimeError as err:
+        raise ValueError(
+            f"x and logits must broadcast together, got shapes {tuple(x.shape)} and {tuple(logits.shape)}"
+        ) from err
+    return _log_bernoulli(x.expand(shape), logits.expand(shape))
+
+
+def _log_bernoulli(x: Tensor, logits: Tensor) -> Tensor:
+    """:func:`log_bernoulli` without input checks, for the training hot path."""
+    return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)

@@ -1,0 +1,117 @@
+"""Small plotting helpers the chapters share: image grids, latent scatter plots, decoded manifolds.
+
+Each draws on a given matplotlib ``Axes`` (or a new figure) with an opaque background, so figures read
+the same in light and dark themes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from torch import Tensor
+
+from ._validate import check_int, check_tensor
+from .model import VAE
+
+
+def _axes(ax: Axes | None, size: tuple[float, float] = (4, 4)) -> Axes:
+    if ax is None:
+        _, ax = plt.subplots(figsize=size, facecolor="white")
+    return ax
+
+
+def tile(images: Tensor, image_shape: Sequence[int], nrow: int | None = None, pad: int = 1) -> np.ndarray:
+    """Arrange ``images: (n, H*W)`` into one 2-D array of ``nrow`` rows (white 1-pixel gutters)."""
+    check_tensor("images", images, ndim=2)
+    h, w = (int(s) for s in image_shape)
+    if h * w != images.shape[1]:
+        raise ValueError(f"image_shape {tuple(image_shape)} does not match {images.shape[1]} pixels")
+    n = images.shape[0]
+    ncol = math.ceil(math.sqrt(n)) if nrow is None else math.ceil(n / check_int("nrow", nrow))
+    nrow = math.ceil(n / ncol)
+    grid = np.ones((nrow * (h + pad) - pad, ncol * (w + pad) - pad), dtype=np.float32)
+    imgs = images.detach().cpu().float().reshape(n, h, w).numpy()
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        grid[r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = imgs[i]
+    return grid
+
+
+def image_grid(
+    images: Tensor,
+    image_shape: Sequence[int] = (28, 28),
+    nrow: int | None = None,
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Axes:
+    """Show ``images: (n, H*W)`` (values in [0, 1]) as a grid, dark digits on white."""
+    ax = _axes(ax)
+    ax.imshow(1.0 - tile(images, image_shape, nrow), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def latent_scatter(
+    z: Tensor, labels: Tensor | None = None, ax: Axes | None = None, title: str | None = None
+) -> Axes:
+    """Scatter the first two coordinates of latent codes ``z: (n, d)``, coloured by ``labels``."""
+    check_tensor("z", z, ndim=2)
+    if z.shape[1] < 2:
+        raise ValueError(f"z must have at least 2 latent dimensions to scatter, got {z.shape[1]}")
+    ax = _axes(ax, (5, 4.5))
+    zz = z.detach().cpu().numpy()
+    if labels is None:
+        ax.scatter(zz[:, 0], zz[:, 1], s=4, alpha=0.6)
+    else:
+        lab = labels.detach().cpu().numpy()
+        sc = ax.scatter(zz[:, 0], zz[:, 1], c=lab, cmap="tab10", s=4, alpha=0.7, vmin=-0.5, vmax=9.5)
+        cbar = ax.figure.colorbar(sc, ax=ax, ticks=range(10))
+        cbar.set_label("digit")
+    ax.set_xlabel("$z_1$")
+    ax.set_ylabel("$z_2$")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+@torch.no_grad()
+def manifold_grid(
+    model: VAE,
+    n: int = 15,
+    span: float = 0.95,
+    image_shape: Sequence[int] = (28, 28),
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Axes:
+    r"""Decode an ``n × n`` grid of a 2-D latent space and show the images in place.
+
+    The grid is spaced by quantiles of :math:`\mathcal{N}(0, 1)` from ``(1-span)/2`` to ``(1+span)/2``,
+    so it covers where the prior puts its mass (as in Kingma & Welling 2014, fig. 4).
+    """
+    if not isinstance(model, VAE):
+        raise TypeError(f"model must be a vaelib.VAE, got {type(model).__name__}")
+    if model.z_dim != 2:
+        raise ValueError(f"manifold_grid needs a model with z_dim=2, got {model.z_dim}")
+    n = check_int("n", n, minimum=2)
+    if not 0 < span < 1:
+        raise ValueError(f"span must lie in (0, 1), got {span}")
+    q = torch.linspace((1 - span) / 2, (1 + span) / 2, n, dtype=torch.float64)
+    coords = torch.distributions.Normal(0.0, 1.0).icdf(q).float()
+    # Row r from the top has the largest z_2, so the picture's axes match a scatter plot's.
+    z = torch.stack(torch.meshgrid(coords.flip(0), coords, indexing="ij"), -1).reshape(-1, 2)[:, [1, 0]]
+    images = model.mean(z.to(model.device))
+    ax = _axes(ax, (6, 6))
+    lo, hi = float(coords[0]), float(coords[-1])
+    ax.imshow(1.0 - tile(images, image_shape, nrow=n, pad=0), cmap="gray", vmin=0, vmax=1, extent=(lo, hi, lo, hi))
+    ax.set_xlabel("$z_1$")
+    ax.set_ylabel("$z_2$")
+    if title:
+        ax.set_title(title)
+    return ax
