@@ -27,8 +27,9 @@ __version__ = "0.1.0"
 from . import data, plot, toy
 from .checkpoint import load, save
 from .densities import log_bernoulli, log_normal
-from .elbo import ELBOTerms, elbo
+from .elbo import ActiveUnits, ELBOTerms, active_units, elbo
 from .generate import interpolate, sample
+from .gradients import GradientSamples, pathwise_grad, score_function_grad
 from .iwae import iwae_bound, log_likelihood
 from .kl import gaussian_kl, kl_normal
 from .model import VAE
@@ -36,10 +37,13 @@ from .sampling import reparameterize
 from .train import History, TrainingDivergedError, fit
 
 __all__ = [
+    "ActiveUnits",
     "ELBOTerms",
+    "GradientSamples",
     "History",
     "TrainingDivergedError",
     "VAE",
+    "active_units",
     "elbo",
     "fit",
     "gaussian_kl",
@@ -50,9 +54,11 @@ __all__ = [
     "log_bernoulli",
     "log_likelihood",
     "log_normal",
+    "pathwise_grad",
     "reparameterize",
     "sample",
     "save",
+    "score_function_grad",
     "data",
     "plot",
     "toy",

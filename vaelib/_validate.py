@@ -8,6 +8,7 @@ deep inside PyTorch or a silent wrong number.
 from __future__ import annotations
 
 import numbers
+import os
 
 import torch
 from torch import Tensor
@@ -97,3 +98,16 @@ def check_generator(name: str, generator: object) -> torch.Generator | None:
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"{name} must be a torch.Generator or None, got {type(generator).__name__}")
     return generator
+
+
+def check_path(name: str, value: object) -> str:
+    """Return ``value`` as a ``str`` if it is a ``str`` or ``os.PathLike`` path; raise ``TypeError`` otherwise.
+
+    An ``int`` is rejected: ``open`` would take it for a file descriptor and read (and close) that.
+    """
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a str or os.PathLike path, got {type(value).__name__}")
+    path = os.fspath(value)
+    if not isinstance(path, str):
+        raise TypeError(f"{name} must be a str path, got {type(path).__name__}")
+    return path

@@ -10,18 +10,20 @@ never destroys the previous checkpoint.
 
 from __future__ import annotations
 
+import io
 import os
-import pickle
 import tempfile
-import zipfile
 from typing import Any
 
 import torch
 
+from ._validate import check_path
 from .model import VAE
 
 FORMAT = "vaelib-checkpoint"
 FORMAT_VERSION = 1
+#: The constructor arguments a checkpoint records (:attr:`vaelib.VAE.config`), and nothing else.
+CONFIG_KEYS = ("x_dim", "z_dim", "hidden", "likelihood")
 
 
 def save(model: VAE, path: str | os.PathLike[str]) -> None:
@@ -35,7 +37,7 @@ def save(model: VAE, path: str | os.PathLike[str]) -> None:
         raise TypeError(f"model must be a vaelib.VAE, got {type(model).__name__}")
     from . import __version__
 
-    path = os.fspath(path)
+    path = check_path("path", path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ValueError(f"path's folder does not exist: {folder}")
@@ -71,15 +73,18 @@ def load(path: str | os.PathLike[str], device: torch.device | str | None = None)
         ValueError: not a vaelib checkpoint (truncated, foreign, or an unsafe pickle), or its
             parameters do not fit the architecture it declares.
     """
-    path = os.fspath(path)
+    path = check_path("path", path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
+    with open(path, "rb") as f:  # errors of the file system itself (permissions) surface here
+        raw = f.read()
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as err:
+        payload = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as err:  # the bytes are in memory: whatever fails now is the file's content
         raise ValueError(
             f"{path} is not a readable vaelib checkpoint (truncated, corrupt, or containing objects "
-            f"other than plain data, which are never unpickled): {str(err).splitlines()[0]}"
+            f"other than plain data, which are never unpickled): "
+            f"{(str(err).splitlines() or [type(err).__name__])[0]}"
         ) from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a vaelib checkpoint (no '{FORMAT}' tag)")
@@ -90,18 +95,25 @@ def load(path: str | os.PathLike[str], device: torch.device | str | None = None)
     config, state = payload.get("config"), payload.get("state_dict")
     if not isinstance(config, dict) or not isinstance(state, dict):
         raise ValueError(f"{path} lacks a model configuration or parameters")
+    if set(config) != set(CONFIG_KEYS):
+        raise ValueError(f"{path} holds an invalid model configuration {config}: its keys must be {CONFIG_KEYS}")
     try:
-        model = VAE(**config)
-    except TypeError as err:
+        with torch.device("meta"):  # shapes only: a forged config must not allocate (or move) anything
+            skeleton = VAE(**config).state_dict()
+    except (TypeError, ValueError) as err:
         raise ValueError(f"{path} holds an invalid model configuration {config}: {err}") from err
-    missing = sorted(set(model.state_dict()) - set(state))
-    extra = sorted(set(state) - set(model.state_dict()))
+    missing = sorted(set(skeleton) - set(state), key=str)
+    extra = sorted(set(state) - set(skeleton), key=str)
     if missing or extra:
         raise ValueError(f"{path}: parameters do not match {config}: missing {missing}, unexpected {extra}")
-    for name, ref in model.state_dict().items():
+    for name, ref in skeleton.items():
         if not isinstance(state[name], torch.Tensor) or state[name].shape != ref.shape:
             got = getattr(state[name], "shape", type(state[name]).__name__)
             raise ValueError(f"{path}: parameter {name} has shape {got}, the architecture needs {tuple(ref.shape)}")
+    model = VAE(**config)
+    dtypes = {t.dtype for t in state.values()}
+    if len(dtypes) == 1 and next(iter(dtypes)).is_floating_point:
+        model.to(next(iter(dtypes)))  # a float64 model comes back as float64, not rounded to float32
     model.load_state_dict(state)
     if device is not None:
         model.to(device)

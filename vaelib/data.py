@@ -12,16 +12,19 @@
 from __future__ import annotations
 
 import gzip
+import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from numbers import Integral
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ._validate import check_generator, check_int, check_tensor
+from ._validate import check_generator, check_int, check_path, check_tensor
 
 #: Seed of the one fixed binarisation of the MNIST test images.
 TEST_BINARIZATION_SEED = 0
@@ -45,6 +48,15 @@ class Digits:
 
     def __post_init__(self) -> None:
         check_tensor("images", self.images, ndim=2)
+        if not isinstance(self.labels, Tensor):
+            raise TypeError(f"labels must be a torch.Tensor, got {type(self.labels).__name__}")
+        shape = self.image_shape
+        if (
+            not isinstance(shape, Sequence)
+            or len(shape) != 2
+            or not all(isinstance(s, Integral) and not isinstance(s, bool) and s >= 1 for s in shape)
+        ):
+            raise ValueError(f"image_shape must be a pair (H, W) of positive ints, got {shape!r}")
         if self.labels.dim() != 1 or self.labels.shape[0] != self.images.shape[0]:
             raise ValueError(
                 f"labels must have shape ({self.images.shape[0]},), got {tuple(self.labels.shape)}"
@@ -73,6 +85,7 @@ class Digits:
         Each class contributes in proportion to its size; ``seed`` fixes which images go where.
         """
         n_second = check_int("n_second", n_second)
+        seed = check_int("seed", seed, minimum=0)
         if n_second >= len(self):
             raise ValueError(f"n_second must be smaller than {len(self)}, got {n_second}")
         first, second = _stratified_indices(self.labels, n_second, seed)
@@ -146,6 +159,8 @@ def load_mnist(binarize_test: bool = True) -> tuple[Digits, Digits]:
     Returns:
         ``(train, test)``: 4,000 grey-level training images and 1,000 test images, 28×28, labels 0–9.
     """
+    if not isinstance(binarize_test, bool):
+        raise TypeError(f"binarize_test must be a bool, got {type(binarize_test).__name__}")
     pixels, labels = _mnist_5k()
     digits = Digits(
         torch.from_numpy(pixels).float() / 255.0, torch.from_numpy(labels), (28, 28)
@@ -186,6 +201,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     Raises:
         ValueError: the file does not start with an IDX magic number, or is truncated or too long.
     """
+    path = check_path("path", path)
     with open(path, "rb") as f:
         raw = f.read()
     if raw[:2] == b"\x1f\x8b":
@@ -200,7 +216,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     if len(raw) < header:
         raise ValueError(f"{os.fspath(path)}: truncated IDX header")
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(shape)) * dtype.itemsize
+    expected = header + math.prod(shape) * dtype.itemsize  # exact: np.prod would wrap around int64
     if len(raw) != expected:
         what = "truncated" if len(raw) < expected else "longer than its header says"
         raise ValueError(
@@ -217,8 +233,8 @@ def load_idx(
 
     Images must be ``uint8`` of shape ``(n, H, W)``; grey levels are scaled to [0, 1].
     """
-    images = read_idx(images_path)
-    labels = read_idx(labels_path)
+    images = read_idx(check_path("images_path", images_path))
+    labels = read_idx(check_path("labels_path", labels_path))
     if images.ndim != 3 or images.dtype != np.uint8:
         raise ValueError(f"{os.fspath(images_path)}: expected uint8 images (n, H, W), got {images.dtype} {images.shape}")
     if labels.ndim != 1:

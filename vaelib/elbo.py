@@ -83,3 +83,75 @@ def _elbo(
     reconstruction = log_px_z.mean(0)
     kl = _gaussian_kl(mu, logvar)
     return ELBOTerms(elbo=reconstruction - kl, reconstruction=reconstruction, kl=kl, beta=beta)
+
+
+@dataclass(frozen=True)
+class ActiveUnits:
+    r"""How much each latent unit is used, over a data set (see :func:`active_units`).
+
+    Attributes:
+        variance: ``(z_dim,)`` the activity :math:`A_j = \operatorname{Var}_x\bigl(\mathbb{E}_{q_\phi}[z_j|x]\bigr)`,
+            the variance over the data of the posterior mean :math:`\mu_j(x)`.
+        kl: ``(z_dim,)`` the mean over the data of each unit's share of the KL term,
+            :math:`D_{\mathrm{KL}}(q_\phi(z_j|x) \,\|\, \mathcal{N}(0, 1))`, in nats; ``kl.sum()`` is the
+            average KL term of :func:`elbo`.
+        threshold: a unit is active when its ``variance`` exceeds this.
+    """
+
+    variance: Tensor
+    kl: Tensor
+    threshold: float
+
+    @property
+    def active(self) -> Tensor:
+        """``(z_dim,)`` boolean mask of the active units, ``variance > threshold``."""
+        return self.variance > self.threshold
+
+    @property
+    def count(self) -> int:
+        """Number of active units."""
+        return int(self.active.sum())
+
+
+@torch.no_grad()
+def active_units(
+    model: VAE, x: Tensor, threshold: float = 0.01, batch_size: int = 1000
+) -> ActiveUnits:
+    r"""Which latent units the encoder uses on ``x``: the active-unit statistic of Burda et al. (2016).
+
+    .. math:: A_j = \operatorname{Var}_{x}\bigl(\mathbb{E}_{q_\phi(z|x)}[z_j]\bigr)
+              = \frac1N \sum_{n=1}^{N} \bigl(\mu_j(x^{(n)}) - \bar\mu_j\bigr)^2,
+              \qquad \bar\mu_j = \frac1N \sum_{n=1}^{N} \mu_j(x^{(n)}),
+
+    and unit :math:`j` is *active* when :math:`A_j` exceeds ``threshold`` (0.01 in Burda et al.). An
+    inactive unit's posterior mean barely depends on :math:`x`: its code carries (almost) no information
+    about the data. Alongside, the per-unit terms of eq. ``kl-standard-normal`` of chapter 4,
+    :math:`\tfrac1N\sum_n \tfrac12\bigl(\mu_j^2 + \sigma_j^2 - \log\sigma_j^2 - 1\bigr)`, show posterior
+    collapse directly: a collapsed unit has :math:`q_\phi(z_j|x) \approx p(z_j)` and a KL near 0.
+
+    Args:
+        model: a :class:`vaelib.VAE`.
+        x: data, ``(N, x_dim)`` with ``N >= 2``; binary for a Bernoulli decoder.
+        threshold: activity threshold (``>= 0``).
+        batch_size: examples encoded at a time (memory only; the result does not depend on it).
+
+    Returns:
+        :class:`ActiveUnits` with the per-unit ``variance`` and ``kl``, both ``(z_dim,)``.
+    """
+    if not isinstance(model, VAE):
+        raise TypeError(f"model must be a vaelib.VAE, got {type(model).__name__}")
+    x = model.check_x(x)
+    if x.shape[0] < 2:
+        raise ValueError(f"x must hold at least 2 examples to measure a variance, got {x.shape[0]}")
+    threshold = check_float("threshold", threshold, minimum=0.0)
+    batch_size = check_int("batch_size", batch_size)
+    mus, kls = [], []
+    for start in range(0, x.shape[0], batch_size):
+        mu, logvar = model._encode(x[start : start + batch_size])
+        mus.append(mu)
+        # Per-unit KL: eq. kl-standard-normal with the sum over units left out.
+        kls.append(_gaussian_kl(mu.unsqueeze(-1), logvar.unsqueeze(-1)))
+    mu_all = torch.cat(mus).double()
+    variance = mu_all.var(0, unbiased=False).to(mus[0].dtype)
+    kl = torch.cat(kls).double().mean(0).to(mus[0].dtype)
+    return ActiveUnits(variance=variance, kl=kl, threshold=threshold)

@@ -16,11 +16,12 @@ import torch
 from torch import Tensor
 
 from ._validate import check_generator, check_int
-from .densities import LOG_2PI, _log_normal
 from .model import VAE
 
 #: Elements of the largest ``(k, batch, x_dim)`` decoder output built at once by :func:`log_likelihood`.
-CHUNK_ELEMENTS = 1 << 24
+#: 2**20 floats (4 MiB) keep each chunk in cache: on a 2-core CPU, K = 1000 for 1,000 MNIST digits took
+#: 9.3 s with it against 14 s with 2**24 (chapter 6).
+CHUNK_ELEMENTS = 1 << 20
 
 
 def iwae_bound(
@@ -59,10 +60,18 @@ def _log_weights(
     eps = torch.randn((k, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
     z = mu + torch.exp(0.5 * logvar) * eps
     log_px_z = model._log_px_z(x, z)
-    log_pz = _log_normal(z, torch.zeros_like(z), torch.zeros_like(z))
-    # log q(z|x) written through eps: z - mu = sigma * eps, so the quadratic term is eps^2 exactly.
-    log_qz = -0.5 * (LOG_2PI + logvar + eps.pow(2)).sum(-1)
-    return log_px_z + log_pz - log_qz
+    # log p(z) - log q(z|x) with p = N(0, I) and q = N(mu, sigma^2): the log(2 pi) terms cancel, and
+    # z - mu = sigma * eps makes q's quadratic term eps^2 exactly.
+    log_pz_minus_log_qz = -0.5 * (z.pow(2) - eps.pow(2) - logvar).sum(-1)
+    return log_px_z + log_pz_minus_log_qz
+
+
+def _chunks(model: VAE, n: int, k: int, max_elements: int = CHUNK_ELEMENTS) -> tuple[int, int]:
+    """How :func:`log_likelihood` splits its work: ``(examples per chunk, samples per chunk)``."""
+    per_sample = model.x_dim + model.z_dim
+    k_chunk = max(1, min(k, max_elements // per_sample))
+    batch = max(1, min(n, max_elements // (k_chunk * per_sample)))
+    return batch, k_chunk
 
 
 @torch.no_grad()
@@ -95,9 +104,7 @@ def log_likelihood(
     k = check_int("k", k)
     max_elements = check_int("max_elements", max_elements)
     check_generator("generator", generator)
-    per_sample = model.x_dim + model.z_dim
-    k_chunk = max(1, min(k, max_elements // per_sample))
-    batch = max(1, max_elements // (k_chunk * per_sample))
+    batch, k_chunk = _chunks(model, x.shape[0], k, max_elements)
     out = []
     for start in range(0, x.shape[0], batch):
         xb = x[start : start + batch]

@@ -7,6 +7,7 @@ to the prior :math:`p(z)=\mathcal{N}(0, I)`.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from ._validate import check_same_shape, check_tensor
@@ -30,6 +31,8 @@ def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
     check_tensor("mu", mu)
     check_tensor("logvar", logvar)
     check_same_shape("mu", mu, "logvar", logvar)
+    if mu.dim() == 0:
+        raise ValueError("mu must have at least one dimension (the last one is summed over)")
     return _gaussian_kl(mu, logvar)
 
 
@@ -60,5 +63,12 @@ def kl_normal(mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor, logvar_p: Tensor) ->
     check_same_shape("mu_q", mu_q, "logvar_q", logvar_q)
     if mu_q.dim() == 0:
         raise ValueError("mu_q must have at least one dimension (the last one is summed over)")
+    try:
+        torch.broadcast_shapes(mu_q.shape, mu_p.shape, logvar_p.shape)
+    except RuntimeError as err:
+        raise ValueError(
+            f"mu_p and logvar_p must broadcast to mu_q's shape {tuple(mu_q.shape)}, got "
+            f"{tuple(mu_p.shape)} and {tuple(logvar_p.shape)}"
+        ) from err
     ratio = logvar_q - logvar_p
     return 0.5 * ((mu_q - mu_p).pow(2) * (-logvar_p).exp() + ratio.expm1() - ratio).sum(-1)

@@ -10,10 +10,11 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._validate import check_binary, check_int, check_tensor
-from .densities import _log_bernoulli, _log_normal
+from .densities import _log_normal
 
 Likelihood = Literal["bernoulli", "gaussian"]
 LIKELIHOODS: tuple[str, ...] = ("bernoulli", "gaussian")
@@ -104,9 +105,16 @@ class VAE(nn.Module):
         return f"likelihood={self.likelihood!r}"
 
     # --- checked public methods -------------------------------------------------------------
+    def _check_dtype(self, name: str, t: Tensor) -> None:
+        dtype = self.to_mu.weight.dtype
+        if t.dtype != dtype:
+            raise TypeError(f"{name} must have the model's dtype {dtype}, got {t.dtype}")
+
     def check_x(self, x: object, name: str = "x") -> Tensor:
-        """Validate data for this model: a finite float ``(batch, x_dim)`` tensor, binary if Bernoulli."""
+        """Validate data for this model: a finite ``(batch, x_dim)`` tensor in the model's floating dtype,
+        binary if Bernoulli."""
         x = check_tensor(name, x, ndim=2, last_dim=self.x_dim)
+        self._check_dtype(name, x)
         if self.likelihood == "bernoulli":
             check_binary(name, x)
         return x
@@ -121,6 +129,7 @@ class VAE(nn.Module):
             ``(mu, logvar)``, each ``(batch, z_dim)``.
         """
         check_tensor("x", x, ndim=2, last_dim=self.x_dim)
+        self._check_dtype("x", x)
         return self._encode(x)
 
     def decode(self, z: Tensor) -> Tensor:
@@ -133,6 +142,7 @@ class VAE(nn.Module):
             ``(..., x_dim)``. For a Bernoulli decoder use :meth:`mean` for pixel probabilities.
         """
         check_tensor("z", z, last_dim=self.z_dim)
+        self._check_dtype("z", z)
         return self._decode(z)
 
     def mean(self, z: Tensor) -> Tensor:
@@ -152,6 +162,7 @@ class VAE(nn.Module):
         """
         x = self.check_x(x)
         check_tensor("z", z, last_dim=self.z_dim)
+        self._check_dtype("z", z)
         if z.dim() < 2 or z.shape[-2] != x.shape[0]:
             raise ValueError(
                 f"z must have shape (..., {x.shape[0]}, {self.z_dim}) to match x, got {tuple(z.shape)}"
@@ -172,7 +183,9 @@ class VAE(nn.Module):
         return self.to_x(self.decoder(z))
 
     def _log_px_z(self, x: Tensor, z: Tensor) -> Tensor:
-        out = self._decode(z)
+        out = self._decode(z)  # (..., batch, x_dim)
         if self.likelihood == "bernoulli":
-            return _log_bernoulli(x.expand_as(out), out)
+            # log p(x|z) = x . logits - sum softplus(logits) (see densities._log_bernoulli); the dot
+            # product is an einsum, so the (..., batch, x_dim) product is never materialised.
+            return torch.einsum("...bj,bj->...b", out, x) - F.softplus(out, threshold=40.0).sum(-1)
         return _log_normal(x, out, self.obs_logvar)

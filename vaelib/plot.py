@@ -15,7 +15,7 @@ import torch
 from matplotlib.axes import Axes
 from torch import Tensor
 
-from ._validate import check_int, check_tensor
+from ._validate import check_float, check_int, check_tensor
 from .model import VAE
 
 
@@ -28,7 +28,10 @@ def _axes(ax: Axes | None, size: tuple[float, float] = (4, 4)) -> Axes:
 def tile(images: Tensor, image_shape: Sequence[int], nrow: int | None = None, pad: int = 1) -> np.ndarray:
     """Arrange ``images: (n, H*W)`` into one 2-D array of ``nrow`` rows (white 1-pixel gutters)."""
     check_tensor("images", images, ndim=2)
-    h, w = (int(s) for s in image_shape)
+    if isinstance(image_shape, (str, bytes)) or not isinstance(image_shape, Sequence) or len(image_shape) != 2:
+        raise ValueError(f"image_shape must be a pair (H, W), got {image_shape!r}")
+    h, w = (check_int(f"image_shape[{i}]", s) for i, s in enumerate(image_shape))
+    pad = check_int("pad", pad, minimum=0)
     if h * w != images.shape[1]:
         raise ValueError(f"image_shape {tuple(image_shape)} does not match {images.shape[1]} pixels")
     n = images.shape[0]
@@ -50,8 +53,11 @@ def image_grid(
     title: str | None = None,
 ) -> Axes:
     """Show ``images: (n, H*W)`` (values in [0, 1]) as a grid, dark digits on white."""
+    check_tensor("images", images, ndim=2)
+    # Invert before tiling, so that ink is dark and the gutters and empty cells (1) stay white.
+    grid = tile(1.0 - images, image_shape, nrow)  # validates before a figure is made
     ax = _axes(ax)
-    ax.imshow(1.0 - tile(images, image_shape, nrow), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_axis_off()
     if title:
         ax.set_title(title)
@@ -65,6 +71,11 @@ def latent_scatter(
     check_tensor("z", z, ndim=2)
     if z.shape[1] < 2:
         raise ValueError(f"z must have at least 2 latent dimensions to scatter, got {z.shape[1]}")
+    if labels is not None:
+        if not isinstance(labels, Tensor):
+            raise TypeError(f"labels must be a torch.Tensor or None, got {type(labels).__name__}")
+        if labels.shape != (z.shape[0],):
+            raise ValueError(f"labels must have shape ({z.shape[0]},) to match z, got {tuple(labels.shape)}")
     ax = _axes(ax, (5, 4.5))
     zz = z.detach().cpu().numpy()
     if labels is None:
@@ -100,16 +111,18 @@ def manifold_grid(
     if model.z_dim != 2:
         raise ValueError(f"manifold_grid needs a model with z_dim=2, got {model.z_dim}")
     n = check_int("n", n, minimum=2)
+    span = check_float("span", span)
     if not 0 < span < 1:
         raise ValueError(f"span must lie in (0, 1), got {span}")
     q = torch.linspace((1 - span) / 2, (1 + span) / 2, n, dtype=torch.float64)
     coords = torch.distributions.Normal(0.0, 1.0).icdf(q).float()
     # Row r from the top has the largest z_2, so the picture's axes match a scatter plot's.
     z = torch.stack(torch.meshgrid(coords.flip(0), coords, indexing="ij"), -1).reshape(-1, 2)[:, [1, 0]]
-    images = model.mean(z.to(model.device))
+    images = model.mean(z.to(device=model.device, dtype=model.to_mu.weight.dtype))
+    grid = tile(images, image_shape, nrow=n, pad=0)  # validates image_shape before a figure is made
     ax = _axes(ax, (6, 6))
     lo, hi = float(coords[0]), float(coords[-1])
-    ax.imshow(1.0 - tile(images, image_shape, nrow=n, pad=0), cmap="gray", vmin=0, vmax=1, extent=(lo, hi, lo, hi))
+    ax.imshow(1.0 - grid, cmap="gray", vmin=0, vmax=1, extent=(lo, hi, lo, hi))
     ax.set_xlabel("$z_1$")
     ax.set_ylabel("$z_2$")
     if title:

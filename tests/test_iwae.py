@@ -1,0 +1,164 @@
+"""vaelib.iwae: the importance-weighted bound and the chunked log-likelihood estimate.
+
+Averages over many independent draws come from repeating an example: every row of ``x.repeat(R, 1)``
+gets its own draws, so the R estimates of one example are independent, and their mean has a standard
+error. Every comparison has a margin of a few such standard errors.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from vaelib import VAE, elbo, iwae_bound, log_likelihood
+
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _replicates(values: torch.Tensor, reps: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example mean and standard error of ``values`` computed on ``x.repeat(reps, 1)``."""
+    v = values.detach().reshape(reps, n)
+    return v.mean(0), v.std(0) / math.sqrt(reps)
+
+
+@pytest.fixture
+def model_and_data(binary_data):
+    model = VAE(12, 2, hidden=(8,), seed=0)  # untrained: a poor posterior, a large ELBO-IWAE gap
+    return model, binary_data(3, 12, seed=1)
+
+
+def test_shape_and_gradient(model_and_data):
+    model, x = model_and_data
+    bound = iwae_bound(model, x, k=5, generator=_gen(0))
+    assert bound.shape == (3,)
+    bound.sum().backward()
+    assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in model.parameters())
+
+
+@torch.no_grad()
+def test_k1_is_the_elbo_in_expectation(model_and_data):
+    model, x = model_and_data
+    reps = 4000
+    xr = x.repeat(reps, 1)
+    m1, se1 = _replicates(iwae_bound(model, xr, k=1, generator=_gen(1)), reps, 3)
+    m0, se0 = _replicates(elbo(model, xr, generator=_gen(2)).elbo, reps, 3)
+    assert bool(((m1 - m0).abs() < 4 * torch.sqrt(se1**2 + se0**2)).all())
+
+
+@torch.no_grad()
+def test_bound_is_above_the_elbo_and_non_decreasing_in_k(model_and_data):
+    model, x = model_and_data
+    reps = 1500
+    xr = x.repeat(reps, 1)
+    means, ses = [], []
+    for i, k in enumerate([1, 4, 16, 64]):
+        m, se = _replicates(iwae_bound(model, xr, k=k, generator=_gen(10 + i)), reps, 3)
+        means.append(m)
+        ses.append(se)
+    m_elbo, se_elbo = _replicates(elbo(model, xr, generator=_gen(9)).elbo, reps, 3)
+    for a in range(len(means) - 1):
+        margin = 4 * torch.sqrt(ses[a] ** 2 + ses[a + 1] ** 2)
+        assert bool((means[a + 1] > means[a] - margin).all()), (a, means)
+    # The gap to the ELBO is real, not noise: L_64 exceeds the ELBO by many standard errors.
+    assert bool((means[-1] - m_elbo > 6 * torch.sqrt(ses[-1] ** 2 + se_elbo**2)).all())
+
+
+@torch.no_grad()
+def test_exact_posterior_makes_every_weight_the_evidence(linear_vae):
+    """With q = p(z|x), p(x, z)/q(z|x) = p(x) for every z: the bound is exact for any K and any draw."""
+    model, lg = linear_vae(x_dim=5, z_dim=2, sigma=0.6, seed=2, encoder="exact")
+    x, _ = lg.sample(4, generator=_gen(0))
+    log_px = lg.log_evidence(x)
+    for k in (1, 7):
+        torch.testing.assert_close(iwae_bound(model, x, k=k, generator=_gen(k)), log_px, rtol=0, atol=1e-10)
+    for max_elements in (10**6, 7, 30):
+        got = log_likelihood(model, x, k=50, generator=_gen(3), max_elements=max_elements)
+        torch.testing.assert_close(got, log_px, rtol=0, atol=1e-10)
+
+
+@torch.no_grad()
+def test_bound_stays_below_the_evidence_and_approaches_it(linear_vae):
+    model, lg = linear_vae(x_dim=5, z_dim=2, sigma=0.6, seed=2, encoder="random")
+    x, _ = lg.sample(2, generator=_gen(0))
+    log_px = lg.log_evidence(x)
+    reps = 1000
+    xr = x.repeat(reps, 1)
+    gaps = []
+    for k in (1, 10, 100):
+        m, se = _replicates(iwae_bound(model, xr, k=k, generator=_gen(k)), reps, 2)
+        assert bool((m < log_px + 4 * se).all())
+        gaps.append(log_px - m)
+    assert bool((gaps[2] < gaps[0]).all())
+
+
+@torch.no_grad()
+def test_log_likelihood_converges_to_the_exact_evidence(linear_vae):
+    model, lg = linear_vae(x_dim=5, z_dim=2, sigma=0.6, seed=2, encoder="near")
+    x, _ = lg.sample(4, generator=_gen(0))
+    log_px = lg.log_evidence(x)
+    elbo_gap = log_px - elbo(model, x, n_samples=2000, generator=_gen(1)).elbo
+    assert bool((elbo_gap > 0.05).all())  # the encoder is visibly off the posterior ...
+    est = log_likelihood(model, x, k=20_000, generator=_gen(2))
+    assert bool(((est - log_px).abs() < 0.01).all()), est - log_px  # ... yet K = 20,000 recovers log p(x)
+    assert bool(((est - log_px).abs() < elbo_gap / 10).all())
+
+
+@torch.no_grad()
+def test_log_likelihood_is_iwae_bound_without_chunking(model_and_data):
+    # One chunk holds everything: the same draws in the same order as iwae_bound.
+    model, x = model_and_data
+    a = log_likelihood(model, x, k=9, generator=_gen(5))
+    b = iwae_bound(model, x, k=9, generator=_gen(5))
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-5)
+    assert not a.requires_grad
+
+
+@torch.no_grad()
+def test_log_likelihood_has_the_distribution_of_iwae_bound_whatever_the_chunks(model_and_data):
+    model, x = model_and_data
+    x = x[:1]
+    reps = 500
+    xr = x.repeat(reps, 1)
+    ref_m, ref_se = _replicates(iwae_bound(model, xr, k=8, generator=_gen(1)), reps, 1)
+    ref_sd = ref_se * math.sqrt(reps)
+    # x_dim + z_dim = 14 numbers per sample: max_elements = 56 gives chunks of 4 samples of 1 example,
+    # 560 chunks of all 8 samples of 5 examples, 10**6 one chunk.
+    for i, max_elements in enumerate([56, 560, 10**6]):
+        est = log_likelihood(model, xr, k=8, generator=_gen(20 + i), max_elements=max_elements)
+        m, se = _replicates(est, reps, 1)
+        assert bool(((m - ref_m).abs() < 4 * torch.sqrt(se**2 + ref_se**2)).all())
+        sd = se * math.sqrt(reps)
+        assert bool(((sd / ref_sd - 1).abs() < 0.2).all())  # same spread (about 5 % sampling error)
+
+
+@torch.no_grad()
+def test_log_likelihood_chunked_and_unchunked_agree_at_large_k(linear_vae):
+    model, lg = linear_vae(x_dim=4, z_dim=2, sigma=0.8, seed=5, encoder="near")
+    x, _ = lg.sample(3, generator=_gen(0))
+    big = log_likelihood(model, x, k=5000, generator=_gen(1))
+    small = log_likelihood(model, x, k=5000, generator=_gen(2), max_elements=500)
+    torch.testing.assert_close(big, small, rtol=0, atol=0.01)
+    torch.testing.assert_close(big, lg.log_evidence(x), rtol=0, atol=0.01)
+
+
+def test_same_generator_same_numbers(model_and_data):
+    model, x = model_and_data
+    assert torch.equal(iwae_bound(model, x, 4, _gen(0)), iwae_bound(model, x, 4, _gen(0)))
+    assert torch.equal(
+        log_likelihood(model, x, 40, _gen(0), max_elements=50), log_likelihood(model, x, 40, _gen(0), max_elements=50)
+    )
+
+
+def test_rejects_bad_arguments(model_and_data):
+    model, x = model_and_data
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        iwae_bound(model, x, k=0)
+    with pytest.raises(ValueError, match="max_elements must be >= 1"):
+        log_likelihood(model, x, k=2, max_elements=0)
+    with pytest.raises(ValueError, match="x must be binary"):
+        log_likelihood(model, torch.full_like(x, 0.3), k=2)

@@ -1,0 +1,169 @@
+"""vaelib.model: the VAE's shapes, likelihoods, configuration, seeding and checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.distributions import Bernoulli, Independent, Normal
+
+import vaelib
+from vaelib import VAE
+
+HIDDEN = [(), (5,), (7, 3)]
+LIKELIHOODS = ["bernoulli", "gaussian"]
+
+
+def _data(model: VAE, n: int = 4, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, model.x_dim, generator=g)
+    return (x < 0.5).float() if model.likelihood == "bernoulli" else x
+
+
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+@pytest.mark.parametrize("hidden", HIDDEN)
+def test_shapes(hidden, likelihood):
+    model = VAE(6, 3, hidden=hidden, likelihood=likelihood, seed=0)
+    x = _data(model)
+    mu, logvar = model.encode(x)
+    assert mu.shape == logvar.shape == (4, 3)
+    z = torch.randn(2, 4, 3)
+    assert model.decode(z).shape == (2, 4, 6)
+    assert model.decode(z[0, 0]).shape == (6,)
+    assert model.mean(z).shape == (2, 4, 6)
+    assert model.log_px_z(x, z).shape == (2, 4)
+    assert model.log_px_z(x, z[0]).shape == (4,)
+    assert model(x).shape == (4, 6)
+
+
+@pytest.mark.parametrize("hidden", HIDDEN)
+def test_architecture_follows_hidden_and_mirrors_the_decoder(hidden):
+    model = VAE(6, 3, hidden=hidden, seed=0)
+    enc = [m.out_features for m in model.encoder if isinstance(m, nn.Linear)]
+    dec = [m.out_features for m in model.decoder if isinstance(m, nn.Linear)]
+    assert enc == list(hidden)
+    assert dec == list(reversed(hidden))
+    assert sum(isinstance(m, nn.ReLU) for m in model.encoder) == len(hidden)
+    assert (model.to_mu.out_features, model.to_logvar.out_features, model.to_x.out_features) == (3, 3, 6)
+
+
+def test_linear_vae_is_affine():
+    model = VAE(5, 2, hidden=(), likelihood="gaussian", seed=0)
+    assert len(model.encoder) == len(model.decoder) == 0
+    g = torch.Generator().manual_seed(1)
+    x, z = torch.rand(3, 5, generator=g), torch.randn(3, 2, generator=g)
+    mu, logvar = model.encode(x)
+    torch.testing.assert_close(mu, x @ model.to_mu.weight.T + model.to_mu.bias)
+    torch.testing.assert_close(logvar, x @ model.to_logvar.weight.T + model.to_logvar.bias)
+    torch.testing.assert_close(model.decode(z), z @ model.to_x.weight.T + model.to_x.bias)
+    torch.testing.assert_close(model.mean(z), model.decode(z))
+
+
+def test_bernoulli_decoder_is_logits_and_its_likelihood_matches_torch():
+    model = VAE(6, 2, hidden=(4,), seed=0).double()
+    x = _data(model).double()
+    z = torch.randn(3, 4, 2, dtype=torch.float64)
+    logits = model.decode(z)
+    torch.testing.assert_close(model.mean(z), torch.sigmoid(logits))
+    ref = Independent(Bernoulli(logits=logits), 1).log_prob(x.expand(3, 4, 6))
+    torch.testing.assert_close(model.log_px_z(x, z), ref, rtol=1e-12, atol=1e-12)
+    assert not hasattr(model, "obs_logvar")
+
+
+def test_gaussian_decoder_has_a_learned_scalar_variance_and_its_likelihood_matches_torch():
+    model = VAE(6, 2, hidden=(4,), likelihood="gaussian", seed=0).double()
+    assert isinstance(model.obs_logvar, nn.Parameter) and model.obs_logvar.shape == ()
+    assert float(model.obs_logvar.detach()) == 0.0
+    with torch.no_grad():
+        model.obs_logvar.fill_(math.log(0.3))
+    x = _data(model).double()
+    z = torch.randn(3, 4, 2, dtype=torch.float64)
+    mean = model.decode(z)
+    ref = Independent(Normal(mean, math.sqrt(0.3)), 1).log_prob(x.expand(3, 4, 6))
+    torch.testing.assert_close(model.log_px_z(x, z), ref, rtol=1e-12, atol=1e-12)
+    # The variance is a parameter: the likelihood's gradient reaches it.
+    model.log_px_z(x, z).sum().backward()
+    assert model.obs_logvar.grad is not None and float(model.obs_logvar.grad) != 0
+
+
+def test_forward_is_the_decoder_mean_at_the_posterior_mean():
+    model = VAE(6, 2, hidden=(4,), seed=0)
+    x = _data(model)
+    torch.testing.assert_close(model(x), model.mean(model.encode(x)[0]))
+    assert bool(((model(x) > 0) & (model(x) < 1)).all())
+
+
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+def test_config_rebuilds_the_same_architecture(likelihood):
+    model = VAE(7, 3, hidden=[5, 4], likelihood=likelihood, seed=0)
+    assert model.config == {"x_dim": 7, "z_dim": 3, "hidden": [5, 4], "likelihood": likelihood}
+    twin = VAE(**model.config)
+    assert {k: v.shape for k, v in twin.state_dict().items()} == {
+        k: v.shape for k, v in model.state_dict().items()
+    }
+    assert "likelihood=" in repr(model)
+
+
+def test_seed_gives_identical_initialisation_and_leaves_the_global_generator_alone():
+    state = torch.random.get_rng_state()
+    a, b = VAE(6, 2, hidden=(4,), seed=3), VAE(6, 2, hidden=(4,), seed=3)
+    assert torch.equal(state, torch.random.get_rng_state())
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+    c = VAE(6, 2, hidden=(4,), seed=4)
+    assert not torch.equal(a.to_mu.weight, c.to_mu.weight)
+
+
+def test_no_seed_uses_the_global_generator():
+    torch.manual_seed(11)
+    a = VAE(6, 2, hidden=(4,))
+    torch.manual_seed(11)
+    b = VAE(6, 2, hidden=(4,))
+    assert torch.equal(a.to_x.weight, b.to_x.weight)
+
+
+def test_device_argument_on_cpu():
+    model = VAE(6, 2, hidden=(4,), device="cpu", seed=0)
+    assert model.device == torch.device("cpu")
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    model = VAE(6, 2, hidden=(4,), likelihood="gaussian", device=torch.device("cpu"))
+    assert model.obs_logvar.device.type == "cpu"
+
+
+def test_gradients_reach_every_parameter():
+    for likelihood in LIKELIHOODS:
+        model = VAE(6, 2, hidden=(4,), likelihood=likelihood, seed=0)
+        x = _data(model)
+        vaelib.elbo(model, x).elbo.sum().backward()
+        for name, p in model.named_parameters():
+            assert p.grad is not None and bool(torch.isfinite(p.grad).all()), name
+
+
+def test_bernoulli_model_rejects_grey_data_and_gaussian_accepts_it():
+    grey = torch.full((2, 6), 0.5)
+    with pytest.raises(ValueError, match="binary"):
+        VAE(6, 2, hidden=()).log_px_z(grey, torch.zeros(2, 2))
+    gauss = VAE(6, 2, hidden=(), likelihood="gaussian")
+    assert gauss.log_px_z(grey, torch.zeros(2, 2)).shape == (2,)
+    # Encoding grey levels is allowed for both (e.g. to look at codes of the grey originals).
+    assert VAE(6, 2, hidden=()).encode(grey)[0].shape == (2, 2)
+
+
+def test_checks_name_the_argument():
+    model = VAE(6, 2, hidden=(4,), seed=0)
+    with pytest.raises(ValueError, match="x must have last dimension 6"):
+        model.encode(torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="z must have last dimension 2"):
+        model.decode(torch.zeros(3, 3))
+    with pytest.raises(ValueError, match=r"z must have shape \(\.\.\., 3, 2\)"):
+        model.log_px_z(torch.zeros(3, 6), torch.zeros(4, 2))
+    with pytest.raises(TypeError, match="x must have the model's dtype"):
+        model.encode(torch.zeros(3, 6, dtype=torch.float64))
+    with pytest.raises(TypeError, match="hidden must be a sequence"):
+        VAE(6, 2, hidden=4)
+    with pytest.raises(ValueError, match=r"hidden\[1\] must be >= 1"):
+        VAE(6, 2, hidden=(4, 0))
+    with pytest.raises(ValueError, match="likelihood must be one of"):
+        VAE(6, 2, likelihood="poisson")
