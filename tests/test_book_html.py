@@ -1,0 +1,537 @@
+"""The built book, as a reader's browser shows it: headless Chromium, no network.
+
+``make test`` builds the book cold and strictly, then runs
+
+    pytest tests/test_book_html.py --book-html=_build/html
+
+Without ``--book-html`` these tests are skipped (so ``pytest tests`` stays a quick unit-test run);
+with it, a missing or empty build is a failure. The built HTML is served from a local
+``http.server`` on 127.0.0.1 and opened in Debian's Chromium (``/usr/bin/chromium``, or the
+``CHROMIUM`` environment variable), driven over the Chrome DevTools Protocol through
+``--remote-debugging-pipe`` (stdlib only: no websocket client, no browser download). Chromium's
+resolver is pointed at nothing but 127.0.0.1, and every request each page makes is recorded.
+
+For every page in ``_toc.yml``, and the search page, the tests assert that
+
+* every request stays on 127.0.0.1 (or is a ``data:``/``blob:`` URL) and none fails or returns >= 400;
+* the page raises no JavaScript exception and logs no console error;
+* every math element is typeset by MathJax (an ``mjx-container`` inside), no MathJax error box
+  (undefined macros are errors, see ``mathjax3_config`` in ``_config.yml``), and no raw TeX
+  (``$$``, ``$...$``, ``\\(``, ``\\[``, ``\\command``) is left in the visible text outside code;
+* every ``<img>`` has loaded (``naturalWidth > 0``);
+* searching for "ELBO" finds pages, offline.
+
+A screenshot of each page is written to ``$BOOK_SCREENS`` (default ``/tmp/screens``) for a human look.
+A static check also scans every HTML and CSS file for resources that would load from another host.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import functools
+import http.server
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SCREENS = Path(os.environ.get("BOOK_SCREENS", "/tmp/screens"))
+PAGE_TIMEOUT = 60.0  # seconds for one page to load, typeset and report
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--disable-default-apps",
+    "--disable-dev-shm-usage",
+    "--disable-features=Translate,MediaRouter,OptimizationHints,AutofillServerCommunication",
+    "--hide-scrollbars",
+    "--mute-audio",
+    "--password-store=basic",
+    "--use-mock-keychain",
+    # Nothing but the local server resolves: a stray external request fails instead of leaking,
+    # and it is still recorded (and fails the test).
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    "--window-size=1280,900",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pages of the book
+# ---------------------------------------------------------------------------------------------
+
+
+def toc_docnames() -> list[str]:
+    """Docnames (``book/intro``, ...) of every page in _toc.yml, in reading order."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
+    names = [toc["root"]]
+
+    def walk(entries):
+        for entry in entries or []:
+            if "file" in entry:
+                names.append(entry["file"])
+            walk(entry.get("sections"))
+            walk(entry.get("chapters"))
+
+    for part in toc.get("parts", []):
+        walk(part.get("chapters"))
+    walk(toc.get("chapters"))
+    walk(toc.get("sections"))
+    return [str(Path(n).with_suffix("")) if Path(n).suffix in {".md", ".ipynb"} else n for n in names]
+
+
+PAGES = toc_docnames()
+
+
+def source_has_math(docname: str) -> bool:
+    """Whether the page's source contains TeX math outside code cells and code blocks."""
+    for suffix in (".md", ".ipynb", ".rst"):
+        path = ROOT / f"{docname}{suffix}"
+        if path.exists():
+            text = path.read_text(encoding="utf-8")
+            text = re.sub(r"(?ms)^(`{3,}|~{3,}).*?^\1", "", text)  # drop fenced blocks
+            text = re.sub(r"``.*?``|`[^`\n]*`", "", text)  # drop inline code
+            return bool(re.search(r"\$[^$]+\$|\{math\}|\\begin\{", text))
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# A local web server and a Chromium driven over the DevTools protocol (pipe transport)
+# ---------------------------------------------------------------------------------------------
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - signature of the base class
+        pass
+
+
+class CDPError(RuntimeError):
+    pass
+
+
+class Chromium:
+    """Headless Chromium speaking the DevTools protocol over fds 3 and 4 (``--remote-debugging-pipe``)."""
+
+    def __init__(self, executable: str, user_data_dir: str, log_path: Path) -> None:
+        to_chrome_r, to_chrome_w = os.pipe()
+        from_chrome_r, from_chrome_w = os.pipe()
+        # Move the child's ends above fd 9 so the shell's 3<&N 4>&M redirections cannot clobber them.
+        child_in = fcntl.fcntl(to_chrome_r, fcntl.F_DUPFD_CLOEXEC, 10)
+        child_out = fcntl.fcntl(from_chrome_w, fcntl.F_DUPFD_CLOEXEC, 10)
+        os.close(to_chrome_r)
+        os.close(from_chrome_w)
+        cmd = [
+            "/bin/bash",  # dash cannot redirect fds above 9
+            "-c",
+            f'exec "$0" "$@" 3<&{child_in} 4>&{child_out} {child_in}<&- {child_out}>&-',
+            executable,
+            *CHROMIUM_FLAGS,
+            "--remote-debugging-pipe",
+            f"--user-data-dir={user_data_dir}",
+            "about:blank",
+        ]
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            pass_fds=(child_in, child_out),
+            start_new_session=True,  # its own process group, so close() ends its helpers too
+        )
+        os.close(child_in)
+        os.close(child_out)
+        self._write_fd = to_chrome_w
+        self._read_fd = from_chrome_r
+        self._next_id = 0
+        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._replies: dict[int, dict] = {}
+        self.events: list[dict] = []
+        self._closed = False
+        self._reader = threading.Thread(target=self._read_loop, daemon=True)
+        self._reader.start()
+        self.send("Target.setDiscoverTargets", {"discover": False})
+
+    def _read_loop(self) -> None:
+        buf = b""
+        while True:
+            try:
+                chunk = os.read(self._read_fd, 1 << 16)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                with self._cond:
+                    self._closed = True
+                    self._cond.notify_all()
+                return
+            buf += chunk
+            *messages, buf = buf.split(b"\0")
+            with self._cond:
+                for raw in messages:
+                    msg = json.loads(raw)
+                    if "id" in msg:
+                        self._replies[msg["id"]] = msg
+                    else:
+                        self.events.append(msg)
+                self._cond.notify_all()
+
+    def send(self, method: str, params: dict | None = None, session: str | None = None,
+             timeout: float = 30.0) -> dict:
+        with self._lock:
+            self._next_id += 1
+            msg_id = self._next_id
+        msg = {"id": msg_id, "method": method, "params": params or {}}
+        if session:
+            msg["sessionId"] = session
+        os.write(self._write_fd, json.dumps(msg).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while msg_id not in self._replies:
+                remaining = deadline - time.monotonic()
+                if self._closed or remaining <= 0:
+                    raise CDPError(f"no reply to {method} (browser {'exited' if self._closed else 'timed out'})")
+                self._cond.wait(remaining)
+            reply = self._replies.pop(msg_id)
+        if "error" in reply:
+            raise CDPError(f"{method}: {reply['error']}")
+        return reply.get("result", {})
+
+    def wait_event(self, method: str, session: str, start: int, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for ev in self.events[start:]:
+                    if ev.get("method") == method and ev.get("sessionId") == session:
+                        return ev
+                remaining = deadline - time.monotonic()
+                if self._closed or remaining <= 0:
+                    raise CDPError(f"no {method} event within {timeout:.0f} s")
+                self._cond.wait(remaining)
+
+    def session_events(self, session: str, start: int = 0) -> list[dict]:
+        with self._cond:
+            return [ev for ev in self.events[start:] if ev.get("sessionId") == session]
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close", timeout=5)
+        except (CDPError, OSError):
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        try:  # helpers (renderer, zygote) that outlived the browser, by our own process group id
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        for fd in (self._write_fd, self._read_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._log.close()
+
+
+def _find_chromium() -> str | None:
+    for candidate in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", "chromium", "chromium-browser",
+                      "google-chrome"):
+        if candidate and shutil.which(candidate):
+            return shutil.which(candidate)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def html_dir(request) -> Path:
+    option = request.config.getoption("--book-html")
+    if option is None:
+        pytest.skip("browser check of the built book: pass --book-html=_build/html (make test does)")
+    path = Path(option)
+    if not path.is_absolute():
+        path = Path(request.config.rootpath) / path
+    if not (path / "index.html").is_file() or not (path / "search.html").is_file():
+        pytest.fail(f"no built book in {path}: build it first (make book)", pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(html_dir):
+    handler = functools.partial(_QuietHandler, directory=str(html_dir))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser(html_dir, tmp_path_factory):
+    executable = _find_chromium()
+    if executable is None:
+        pytest.fail("Chromium not found: apt-get install -y chromium (or set CHROMIUM)", pytrace=False)
+    profile = tempfile.mkdtemp(prefix="elbo-book-chromium-")
+    log = tmp_path_factory.mktemp("chromium") / "chromium.log"
+    chrome = Chromium(executable, profile, log)
+    yield chrome
+    chrome.close()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading one page and measuring it
+# ---------------------------------------------------------------------------------------------
+
+# Runs in the page after the load event: waits for MathJax and for every image, then reports.
+PAGE_REPORT_JS = r"""
+(async () => {
+  if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
+    await MathJax.startup.promise;
+  }
+  const images = [...document.images];
+  await Promise.all(images.map(img => {
+    img.loading = "eager";
+    if (img.complete) return null;
+    return new Promise(done => {
+      img.addEventListener("load", done);
+      img.addEventListener("error", done);
+      setTimeout(done, 15000);
+    });
+  }));
+  const rawTex = [];
+  const skip = "pre, code, script, style, textarea, mjx-container, .highlight, kbd, samp";
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  const pattern = /\$\$|\$[^$\s][^$]*\$|\\\(|\\\)|\\\[|\\\]|\\[A-Za-z]{2,}/;
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    const parent = node.parentElement;
+    if (!parent || parent.closest(skip)) continue;
+    const text = node.textContent;
+    if (pattern.test(text)) rawTex.push(text.trim().slice(0, 120));
+  }
+  const mathElements = [...document.querySelectorAll(".math")];
+  return {
+    title: document.title,
+    mathElements: mathElements.length,
+    untypeset: mathElements.filter(e => !e.querySelector("mjx-container"))
+                            .map(e => e.textContent.trim().slice(0, 120)),
+    mjxContainers: document.querySelectorAll("mjx-container").length,
+    mathErrors: [...document.querySelectorAll("mjx-merror")]
+                  .map(e => (e.getAttribute("data-mjx-error") || e.textContent).slice(0, 120)),
+    images: images.length,
+    brokenImages: images.filter(i => !(i.complete && i.naturalWidth > 0))
+                        .map(i => i.getAttribute("src")),
+    rawTex: rawTex,
+    mathjaxVersion: (window.MathJax && MathJax.version) || null,
+  };
+})()
+"""
+
+
+def _evaluate(chrome: Chromium, session: str, expression: str, timeout: float = PAGE_TIMEOUT):
+    result = chrome.send(
+        "Runtime.evaluate",
+        {"expression": expression, "awaitPromise": True, "returnByValue": True,
+         "timeout": int(timeout * 1000)},
+        session=session,
+        timeout=timeout + 5,
+    )
+    if "exceptionDetails" in result:
+        raise AssertionError(f"JavaScript failed: {result['exceptionDetails']}")
+    return result["result"].get("value")
+
+
+def _is_favicon(url: str) -> bool:
+    return urllib.parse.urlsplit(url).path == "/favicon.ico"
+
+
+def open_page(chrome: Chromium, url: str, screenshot: Path | None = None):
+    """Load ``url`` in a fresh tab; return (report, problems with network, console and scripts)."""
+    target = chrome.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+    session = chrome.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+    try:
+        for domain in ("Page", "Network", "Runtime", "Log"):
+            chrome.send(f"{domain}.enable", session=session)
+        chrome.send("Network.setCacheDisabled", {"cacheDisabled": True}, session=session)
+        chrome.send("Emulation.setDeviceMetricsOverride",
+                    {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+                    session=session)
+        start = len(chrome.events)
+        chrome.send("Page.navigate", {"url": url}, session=session)
+        chrome.wait_event("Page.loadEventFired", session, start, PAGE_TIMEOUT)
+        report = _evaluate(chrome, session, PAGE_REPORT_JS)
+        time.sleep(0.3)  # let late requests (fonts, autoloaded MathJax extensions) be reported
+        if screenshot is not None:
+            shot = chrome.send("Page.captureScreenshot", {"format": "png"}, session=session)
+            screenshot.parent.mkdir(parents=True, exist_ok=True)
+            screenshot.write_bytes(base64.b64decode(shot["data"]))
+        events = chrome.session_events(session, start)
+    finally:
+        chrome.send("Target.closeTarget", {"targetId": target})
+    return report, network_problems(events, url), events
+
+
+def network_problems(events: list[dict], page_url: str) -> dict[str, list[str]]:
+    origin = "{0.scheme}://{0.netloc}/".format(urllib.parse.urlsplit(page_url))
+    requested, external, failed, errors = [], [], [], []
+    urls = {}
+    for ev in events:
+        method, params = ev.get("method"), ev.get("params", {})
+        if method == "Network.requestWillBeSent":
+            url = params["request"]["url"]
+            urls[params["requestId"]] = url
+            requested.append(url)
+            if not (url.startswith(origin) or url.startswith(("data:", "blob:", "about:"))):
+                external.append(url)
+        elif method == "Network.responseReceived":
+            url, status = params["response"]["url"], params["response"]["status"]
+            if status >= 400 and not _is_favicon(url):
+                failed.append(f"{status} {url}")
+        elif method == "Network.loadingFailed":
+            url = urls.get(params["requestId"], "?")
+            if not _is_favicon(url) and not params.get("canceled"):
+                failed.append(f"{params.get('errorText')} {url}")
+        elif method == "Runtime.exceptionThrown":
+            details = params["exceptionDetails"]
+            errors.append(details.get("exception", {}).get("description") or details.get("text"))
+        elif method == "Runtime.consoleAPICalled" and params.get("type") == "error":
+            errors.append(" ".join(str(a.get("value", a.get("description"))) for a in params["args"]))
+        elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
+            entry = params["entry"]
+            if not _is_favicon(entry.get("url", "")):
+                errors.append(f"{entry.get('source')}: {entry.get('text')} {entry.get('url', '')}")
+    return {"requested": requested, "external": external, "failed": failed, "errors": errors}
+
+
+# ---------------------------------------------------------------------------------------------
+# Tests
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("docname", PAGES)
+def test_page_renders_offline(docname, html_dir, server, browser):
+    html = html_dir / f"{docname}.html"
+    assert html.is_file(), f"{docname} is in _toc.yml but {html} was not built"
+    screenshot = SCREENS / f"{docname.replace('/', '_')}.png"
+    report, net, _ = open_page(browser, f"{server}/{docname}.html", screenshot)
+
+    assert net["requested"], "the page made no requests at all"
+    assert not net["external"], f"{docname}: requests left the machine: {net['external']}"
+    assert not net["failed"], f"{docname}: failed requests: {net['failed']}"
+    assert not net["errors"], f"{docname}: JavaScript errors: {net['errors']}"
+
+    if source_has_math(docname):
+        assert report["mathElements"] > 0, f"{docname}: the source has math but the page has none"
+    if report["mathElements"]:
+        assert report["mathjaxVersion"], f"{docname}: MathJax did not load"
+        assert report["mjxContainers"] >= report["mathElements"], report
+    assert not report["untypeset"], f"{docname}: math not typeset: {report['untypeset']}"
+    assert not report["mathErrors"], f"{docname}: MathJax errors: {report['mathErrors']}"
+    assert not report["rawTex"], (
+        f"{docname}: raw TeX left in the text (math MyST did not parse; a common cause is a line "
+        f"inside $...$ that starts with '+ ', '- ' or '* ', which Markdown reads as a list item): "
+        f"{report['rawTex']}"
+    )
+    assert not report["brokenImages"], f"{docname}: images that did not load: {report['brokenImages']}"
+
+
+def test_search_works_offline(html_dir, server, browser):
+    target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+    session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+    try:
+        browser.send("Page.enable", session=session)
+        browser.send("Runtime.enable", session=session)
+        start = len(browser.events)
+        browser.send("Page.navigate", {"url": f"{server}/search.html?q=ELBO"}, session=session)
+        browser.wait_event("Page.loadEventFired", session, start, PAGE_TIMEOUT)
+        # Sphinx's searchtools lists matching objects first, then pages, then writes a summary.
+        hits = _evaluate(browser, session, r"""
+          new Promise(resolve => {
+            const t0 = Date.now();
+            (function poll() {
+              const summary = document.querySelector("#search-results .search-summary");
+              const done = summary && /found|did not match/i.test(summary.textContent);
+              if (done || Date.now() - t0 > 30000) {
+                resolve([...document.querySelectorAll("#search-results ul.search li a")]
+                          .map(a => a.getAttribute("href")));
+              } else setTimeout(poll, 100);
+            })();
+          })""")
+        SCREENS.mkdir(parents=True, exist_ok=True)
+        shot = browser.send("Page.captureScreenshot", {"format": "png"}, session=session)
+        (SCREENS / "search.png").write_bytes(base64.b64decode(shot["data"]))
+        events = browser.session_events(session, start)
+    finally:
+        browser.send("Target.closeTarget", {"targetId": target})
+    assert hits, "searching the book for 'ELBO' found nothing"
+    assert any("book/intro" in h for h in hits), hits
+    net = network_problems(events, server + "/")
+    assert not net["external"], net["external"]
+
+
+def test_index_redirects_to_preface(html_dir, server, browser):
+    target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+    session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+    try:
+        browser.send("Page.enable", session=session)
+        browser.send("Page.navigate", {"url": f"{server}/index.html"}, session=session)
+        deadline = time.monotonic() + PAGE_TIMEOUT
+        path = ""
+        while time.monotonic() < deadline:
+            path = _evaluate(browser, session, "location.pathname")
+            if path.endswith(f"/{PAGES[0]}.html"):
+                break
+            time.sleep(0.2)
+    finally:
+        browser.send("Target.closeTarget", {"targetId": target})
+    assert path.endswith(f"/{PAGES[0]}.html"), f"index.html led to {path}"
+
+
+_REMOTE = re.compile(r"^(https?:)?//", re.I)
+_LOADING_TAG = re.compile(
+    r"<(script|img|iframe|source|video|audio|embed)\b[^>]*?\bsrc\s*=\s*[\"']([^\"']+)"
+    r"|<link\b(?=[^>]*\brel\s*=\s*[\"'][^\"']*(?:stylesheet|preload|modulepreload|icon|manifest))"
+    r"[^>]*?\bhref\s*=\s*[\"']([^\"']+)",
+    re.I,
+)
+_CSS_REMOTE = re.compile(r"(?:url\(\s*[\"']?|@import\s+[\"'])((?:https?:)?//[^\"')\s]+)", re.I)
+
+
+def test_no_remote_resources_in_built_files(html_dir):
+    """Static complement of the browser check: nothing in any built page or stylesheet loads remotely."""
+    offenders = []
+    for page in sorted(html_dir.rglob("*.html")):
+        text = page.read_text(encoding="utf-8", errors="replace")
+        for match in _LOADING_TAG.finditer(text):
+            url = match.group(2) or match.group(3)
+            if _REMOTE.match(url):
+                offenders.append(f"{page.relative_to(html_dir)}: {url}")
+    for sheet in sorted(html_dir.rglob("*.css")):
+        for url in _CSS_REMOTE.findall(sheet.read_text(encoding="utf-8", errors="replace")):
+            offenders.append(f"{sheet.relative_to(html_dir)}: {url}")
+    assert not offenders, "remote resources:\n" + "\n".join(offenders)
