@@ -185,7 +185,12 @@ class VAE(nn.Module):
     def _log_px_z(self, x: Tensor, z: Tensor) -> Tensor:
         out = self._decode(z)  # (..., batch, x_dim)
         if self.likelihood == "bernoulli":
-            # log p(x|z) = x . logits - sum softplus(logits) (see densities._log_bernoulli); the dot
-            # product is an einsum, so the (..., batch, x_dim) product is never materialised.
-            return torch.einsum("...bj,bj->...b", out, x) - F.softplus(out, threshold=40.0).sum(-1)
+            # log p(x|z) = x . logits - sum softplus(logits) (see densities._log_bernoulli). The dot
+            # product never materialises x * logits: with many samples of z (importance sampling) a
+            # batched matrix-vector product is fastest, with one (training) a row-wise vecdot.
+            if out.dim() > 2 and out.shape[0] > 1:
+                x_dot_logits = torch.einsum("...bj,bj->...b", out, x)
+            else:
+                x_dot_logits = torch.linalg.vecdot(out, x)
+            return x_dot_logits - F.softplus(out, threshold=40.0).sum(-1)
         return _log_normal(x, out, self.obs_logvar)
