@@ -10,6 +10,7 @@ module                    what it holds                                         
 :mod:`vaelib.kl`          closed-form KL between Gaussians                             2, 4
 :mod:`vaelib.elbo`        the ELBO and its two terms                                   3, 4
 :mod:`vaelib.sampling`    the reparameterisation trick                                 5
+:mod:`vaelib.gradients`   score-function and pathwise gradient estimators              5
 :mod:`vaelib.model`       the VAE (encoder, decoder)                                   4, 6
 :mod:`vaelib.train`       fitting a VAE by maximising the ELBO                         3, 4, 6
 :mod:`vaelib.iwae`        the importance-weighted bound and log-likelihood estimates   6

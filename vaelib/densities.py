@@ -57,7 +57,8 @@ def log_bernoulli(x: Tensor, logits: Tensor) -> Tensor:
     .. math:: \log p(x) = \sum_j \bigl[x_j \log \pi_j + (1-x_j)\log(1-\pi_j)\bigr],
               \quad \pi_j = \operatorname{sigmoid}(\text{logit}_j)
 
-    Computed from logits (``binary_cross_entropy_with_logits``), so logits of :math:`\pm 100` stay finite.
+    Computed from logits as :math:`x\,\text{logit} - \operatorname{softplus}(\text{logit})`, so logits of
+    :math:`\pm 100` stay finite and exact.
 
     Args:
         x: binary observations, ``(..., D)``; grey levels are rejected.
