@@ -59,6 +59,16 @@ def check_same_shape(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
         )
 
 
+def check_broadcast(**tensors: Tensor) -> torch.Size:
+    """Return the common broadcast shape of the named tensors; raise ``ValueError`` naming them otherwise."""
+    try:
+        return torch.broadcast_shapes(*(t.shape for t in tensors.values()))
+    except RuntimeError as err:
+        names = ", ".join(tensors)
+        shapes = ", ".join(str(tuple(t.shape)) for t in tensors.values())
+        raise ValueError(f"{names} must broadcast together, got shapes {shapes}") from err
+
+
 def check_binary(name: str, x: Tensor) -> None:
     """Raise ``ValueError`` unless every entry of ``x`` is 0 or 1 (the support of a Bernoulli)."""
     if not bool(((x == 0) | (x == 1)).all()):

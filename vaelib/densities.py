@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._validate import check_binary, check_tensor
+from ._validate import check_binary, check_broadcast, check_tensor
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -36,13 +36,7 @@ def log_normal(x: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
     check_tensor("logvar", logvar)
     if x.dim() == 0:
         raise ValueError("x must have at least one dimension (the last one is summed over)")
-    try:
-        torch.broadcast_shapes(x.shape, mu.shape, logvar.shape)
-    except RuntimeError as err:
-        raise ValueError(
-            f"x, mu and logvar must broadcast together, got shapes {tuple(x.shape)}, "
-            f"{tuple(mu.shape)}, {tuple(logvar.shape)}"
-        ) from err
+    check_broadcast(x=x, mu=mu, logvar=logvar)
     return _log_normal(x, mu, logvar)
 
 
@@ -72,12 +66,7 @@ def log_bernoulli(x: Tensor, logits: Tensor) -> Tensor:
     if x.dim() == 0:
         raise ValueError("x must have at least one dimension (the last one is summed over)")
     check_binary("x", x)
-    try:
-        shape = torch.broadcast_shapes(x.shape, logits.shape)
-    except RuntimeError as err:
-        raise ValueError(
-            f"x and logits must broadcast together, got shapes {tuple(x.shape)} and {tuple(logits.shape)}"
-        ) from err
+    shape = check_broadcast(x=x, logits=logits)
     return _log_bernoulli(x.expand(shape), logits.expand(shape))
 
 

@@ -19,7 +19,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ._validate import check_float, check_int, check_tensor
-from .data import Digits
+from .data import Digits, _binarize
 from .elbo import _elbo
 from .model import VAE
 
@@ -217,8 +217,7 @@ def fit(
         perm = torch.randperm(n, generator=g, device=device)
         x_epoch = x[perm]
         if binarize:
-            # Bernoulli(x) as uniform < x: the same distribution, ~3x faster than torch.bernoulli.
-            x_epoch = (torch.rand(x_epoch.shape, generator=g, device=device) < x_epoch).to(x.dtype)
+            x_epoch = _binarize(x_epoch, g)
         sum_elbo = torch.zeros((), device=device)
         sum_kl = torch.zeros((), device=device)
         for b, start in enumerate(range(0, n, batch_size), start=1):
