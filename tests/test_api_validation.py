@@ -234,10 +234,11 @@ _one("VAE.log_px_z", BERN.log_px_z, {"x": XB, "z": torch.zeros(5, 2)}, "x", "gre
 
 # Bounds and estimates.
 good = {"model": BERN, "x": XB, "n_samples": 2, "beta": 1.0, "generator": None}
-_model_data("elbo", vaelib.elbo, good)
-_table("elbo", vaelib.elbo, good, "n_samples", bad_counts())
-_table("elbo", vaelib.elbo, good, "beta", bad_reals())
-_table("elbo", vaelib.elbo, good, "generator", bad_generators())
+for _name, _fn in (("elbo", vaelib.elbo), ("elbo_backward", vaelib.elbo_backward)):
+    _model_data(_name, _fn, good)
+    _table(_name, _fn, good, "n_samples", bad_counts())
+    _table(_name, _fn, good, "beta", bad_reals())
+    _table(_name, _fn, good, "generator", bad_generators())
 
 good = {"model": BERN, "x": XB, "k": 3, "generator": None}
 _model_data("iwae_bound", vaelib.iwae_bound, good)

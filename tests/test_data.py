@@ -238,3 +238,19 @@ def test_load_idx_rejects_mismatched_or_wrong_files(tmp_path):
         load_idx(floats, labels_path)
     with pytest.raises(FileNotFoundError):
         load_idx(tmp_path / "missing", labels_path)
+
+
+def test_binarize_draws_only_the_grey_pixels():
+    from vaelib.data import _Binarizer
+
+    p = torch.tensor([[0.0, 1.0, 0.25, 0.0], [0.75, 0.0, 1.0, 0.5]])
+    b = _Binarizer(p)
+    assert b.grey.tolist() == [2, 4, 7] and not b.is_binary and _Binarizer((p > 0.5).float()).is_binary
+    first = b(torch.Generator().manual_seed(0))
+    certain = torch.tensor([[True, True, False, True], [False, True, True, False]])
+    assert torch.equal(first[certain], p[certain])  # pixels at 0 or 1 need no draw
+    again = b(torch.Generator().manual_seed(1), previous=first.clone())
+    assert torch.equal(again[certain], p[certain])
+    assert torch.equal(p, torch.tensor([[0.0, 1.0, 0.25, 0.0], [0.75, 0.0, 1.0, 0.5]]))  # input untouched
+    # The same generator state gives the same draws, whether into a new tensor or a previous one.
+    assert torch.equal(b(torch.Generator().manual_seed(5)), b(torch.Generator().manual_seed(5), previous=first))

@@ -9,7 +9,6 @@ import math
 
 import pytest
 import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import vaelib
 import vaelib.train
@@ -35,9 +34,9 @@ class _Calls(list):
 
 @pytest.fixture
 def record_batches(monkeypatch):
-    """Replace fit's ELBO with a wrapper that records each step's batch, beta and terms."""
+    """Replace fit's ELBO-and-gradient step with a wrapper that records each step's batch, beta and terms."""
     calls = _Calls()
-    original = vaelib.train._elbo
+    original = vaelib.train._elbo_backward
 
     def recording(model, xb, n_samples, beta, generator):
         terms = original(model, xb, n_samples, beta, generator)
@@ -45,21 +44,22 @@ def record_batches(monkeypatch):
         calls.terms.append(terms)
         return terms
 
-    monkeypatch.setattr(vaelib.train, "_elbo", recording)
+    monkeypatch.setattr(vaelib.train, "_elbo_backward", recording)
     return calls
 
 
 @pytest.fixture
-def record_steps():
-    """Snapshots of every optimiser's parameters after each step."""
+def record_steps(monkeypatch):
+    """Snapshots of fit's parameters after each Adam step."""
     snapshots: list[list[torch.Tensor]] = []
+    original = vaelib.train._Adam.step
 
-    def hook(optimizer, args, kwargs):
-        snapshots.append([p.detach().clone() for g in optimizer.param_groups for p in g["params"]])
+    def recording(self, lr):
+        original(self, lr)
+        snapshots.append([p.detach().clone() for p in self.params])
 
-    handle = register_optimizer_step_post_hook(hook)
-    yield snapshots
-    handle.remove()
+    monkeypatch.setattr(vaelib.train._Adam, "step", recording)
+    return snapshots
 
 
 def test_history_lengths_and_improvement(binary_data):
@@ -232,7 +232,7 @@ def test_an_infinite_parameter_stops_training_before_any_step(binary_data):
 
 
 def test_nan_loss_mid_training_keeps_the_last_good_parameters(binary_data, monkeypatch, record_steps):
-    original = vaelib.train._elbo
+    original = vaelib.train._elbo_backward
     calls = [0]
 
     def poisoned(model, xb, n_samples, beta, generator):
@@ -242,7 +242,7 @@ def test_nan_loss_mid_training_keeps_the_last_good_parameters(binary_data, monke
             return vaelib.ELBOTerms(terms.elbo, terms.reconstruction + math.nan, terms.kl, beta)
         return terms
 
-    monkeypatch.setattr(vaelib.train, "_elbo", poisoned)
+    monkeypatch.setattr(vaelib.train, "_elbo_backward", poisoned)
     model = VAE(12, 2, hidden=(4,), seed=0)
     with pytest.raises(TrainingDivergedError, match="loss is not finite at epoch 2, batch 3") as info:
         fit(model, binary_data(32, 12), 3, batch_size=8, progress=False)
@@ -254,9 +254,16 @@ def test_nan_loss_mid_training_keeps_the_last_good_parameters(binary_data, monke
     assert all(bool(torch.isfinite(p).all()) for p in got)
 
 
-def test_nan_gradient_is_caught_too(binary_data, record_steps):
+def test_nan_gradient_is_caught_too(binary_data, monkeypatch, record_steps):
+    original = vaelib.train._elbo_backward
+
+    def nan_gradient(model, xb, n_samples, beta, generator):
+        terms = original(model, xb, n_samples, beta, generator)
+        model.to_mu.bias.grad[0] = math.nan  # a finite loss, one NaN gradient entry
+        return terms
+
+    monkeypatch.setattr(vaelib.train, "_elbo_backward", nan_gradient)
     model = VAE(12, 2, hidden=(4,), seed=0)
-    model.to_mu.bias.register_hook(lambda g: g * math.nan)
     with pytest.raises(TrainingDivergedError, match="gradient is not finite at epoch 1, batch 1"):
         fit(model, binary_data(16, 12), 2, batch_size=8, progress=False)
     assert record_steps == []
@@ -298,3 +305,75 @@ def test_rejects_bad_arguments(binary_data):
         fit(model, x[:, :5], 1, progress=False)
     with pytest.raises(TypeError, match="train must have the model's dtype"):
         fit(model, x.double(), 1, progress=False)
+
+
+# --- the optimiser and the overflow guard ---------------------------------------------------------------
+
+
+def _adam_steps(grads: list[float], lr: float = 1.0) -> list[float]:
+    """|change| of a scalar parameter under torch.optim.Adam for the gradient sequence ``grads``."""
+    p = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([p], lr=lr, eps=0.0)
+    steps = []
+    for g in grads:
+        before = float(p.detach())
+        p.grad = torch.tensor([g], dtype=torch.float64)
+        opt.step()
+        steps.append(abs(float(p.detach()) - before))
+    return steps
+
+
+def test_adam_max_step_bounds_every_step_and_is_tight():
+    bound = vaelib.train.adam_max_step()
+    assert bound == pytest.approx(7.2703, abs=1e-4)
+    b1, b2 = vaelib.train.ADAM_BETAS
+    # Cauchy-Schwarz is an equality for g_i proportional to (b1/b2)^(T-i): the last step approaches the bound.
+    for t in (1, 10, 100, 1000, 3000):  # (b1/b2)^3000 ~ 1e-136: its square is still a float64
+        steps = _adam_steps([(b1 / b2) ** (t - i) for i in range(1, t + 1)])
+        assert max(steps) <= bound
+    assert steps[-1] > 0.97 * bound  # T = 3000: 7.09; the bound is attained as T grows
+    # Wild gradients (random signs and magnitudes over 30 decades) never beat it either.
+    g = torch.Generator().manual_seed(0)
+    wild = (torch.randn(3000, generator=g, dtype=torch.float64) * 10 ** (30 * torch.rand(3000, generator=g) - 15))
+    assert max(_adam_steps(wild.tolist())) <= bound
+    with pytest.raises(ValueError, match="beta1\\*\\*2 < beta2"):
+        vaelib.train.adam_max_step(0.99, 0.9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fits_adam_is_torch_adam_exactly(dtype):
+    a, b = VAE(12, 2, hidden=(6,), seed=0).to(dtype), VAE(12, 2, hidden=(6,), seed=0).to(dtype)
+    ours = vaelib.train._Adam(list(a.parameters()))
+    reference = torch.optim.Adam(b.parameters(), lr=1.0, fused=True)
+    g = torch.Generator().manual_seed(1)
+    for step, lr in enumerate([1e-3, 5e-3, 2e-4, 1e-3, 0.0, 3e-3]):
+        for pa, pb in zip(a.parameters(), b.parameters()):
+            pa.grad = torch.randn(pa.shape, generator=g, dtype=dtype) * 10.0**step
+            pb.grad = pa.grad.clone()
+        reference.param_groups[0]["lr"] = lr
+        ours.step(lr)
+        reference.step()
+        assert all(torch.equal(pa, pb) for pa, pb in zip(a.parameters(), b.parameters()))
+
+
+def test_no_parameter_copy_is_made_when_no_step_can_overflow(binary_data, monkeypatch):
+    copies = []
+    original = vaelib.train._OverflowGuard.before_step
+
+    def counting(self, lr, grad_max):
+        original(self, lr, grad_max)
+        copies.append(self.backup is not None)
+
+    monkeypatch.setattr(vaelib.train._OverflowGuard, "before_step", counting)
+    fit(VAE(12, 2, hidden=(8,), seed=0), binary_data(64, 12), 3, batch_size=8, lr=1e-2, progress=False)
+    assert len(copies) == 24 and not any(copies)
+    copies.clear()
+    with pytest.raises(TrainingDivergedError):
+        fit(VAE(12, 2, hidden=(8,), seed=0), binary_data(64, 12), 3, batch_size=8, lr=1e39, progress=False)
+    assert copies == [True]  # lr alone exceeds a float32: that step is copied, and undone
+
+
+def test_fit_leaves_no_gradients_behind(binary_data):
+    model = VAE(12, 2, hidden=(8,), seed=0)
+    fit(model, binary_data(32, 12), 1, batch_size=8, progress=False)
+    assert all(p.grad is None for p in model.parameters())

@@ -11,6 +11,7 @@ module                    what it holds                                         
 :mod:`vaelib.elbo`        the ELBO and its two terms                                   3, 4
 :mod:`vaelib.sampling`    the reparameterisation trick                                 5
 :mod:`vaelib.gradients`   score-function and pathwise gradient estimators              5
+:mod:`vaelib.backprop`    the ELBO's gradient by hand (what ``fit`` trains with)       5, 6
 :mod:`vaelib.model`       the VAE (encoder, decoder)                                   4, 6
 :mod:`vaelib.train`       fitting a VAE by maximising the ELBO                         3, 4, 6
 :mod:`vaelib.iwae`        the importance-weighted bound and log-likelihood estimates   6
@@ -26,6 +27,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from . import data, plot, toy
+from .backprop import elbo_backward
 from .checkpoint import load, save
 from .densities import log_bernoulli, log_normal
 from .elbo import ActiveUnits, ELBOTerms, active_units, elbo
@@ -46,6 +48,7 @@ __all__ = [
     "VAE",
     "active_units",
     "elbo",
+    "elbo_backward",
     "fit",
     "gaussian_kl",
     "interpolate",

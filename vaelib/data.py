@@ -114,13 +114,39 @@ def binarize(images: Tensor, generator: torch.Generator | None = None) -> Tensor
 
 
 def _binarize(images: Tensor, generator: torch.Generator | None) -> Tensor:
-    """:func:`binarize` without input checks, for the training loop.
+    """:func:`binarize` without input checks: one draw of a :class:`_Binarizer`."""
+    return _Binarizer(images)(generator)
 
-    Bernoulli(p) drawn as ``uniform < p``: the same draws as ``torch.bernoulli`` from the same generator,
-    about 3x faster on a CPU.
+
+class _Binarizer:
+    """Draws binarisations of fixed grey levels, spending random numbers on the grey pixels only.
+
+    A pixel at exactly 0 or 1 is Bernoulli(0) or Bernoulli(1): always 0, always 1, no draw needed. On
+    MNIST four pixels in five are 0, so drawing ``uniform < p`` for the grey pixels alone (19%) makes a
+    binarisation several times cheaper than drawing a uniform for every pixel, with the same
+    distribution. The grey pixels are found once; :func:`vaelib.fit` keeps one ``_Binarizer`` and
+    redraws only the grey pixels of the same tensor every epoch.
     """
-    u = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
-    return (u < images).to(images.dtype)
+
+    def __init__(self, images: Tensor) -> None:
+        self.images = images
+        flat = images.reshape(-1)
+        self.grey = ((flat > 0) & (flat < 1)).nonzero().squeeze(1)  # flat indices of the grey pixels
+        self.p = flat[self.grey]
+
+    @property
+    def is_binary(self) -> bool:
+        """Whether the images are binary already (no grey pixel)."""
+        return self.grey.numel() == 0
+
+    def __call__(self, generator: torch.Generator | None, previous: Tensor | None = None) -> Tensor:
+        """One binarisation; pass the ``previous`` one to redraw its grey pixels in place."""
+        u = torch.rand(self.p.shape, generator=generator, device=self.p.device, dtype=self.p.dtype)
+        # The pixels at 0 or 1 are already right in the images (and in any previous binarisation).
+        out = self.images.clone(memory_format=torch.contiguous_format) if previous is None else previous
+        # `lt_` compares in place: u becomes 1.0 where u < p, else 0.0 (no boolean copy).
+        out.view(-1).index_put_((self.grey,), u.lt_(self.p))
+        return out
 
 
 def _stratified_indices(labels: Tensor, n_second: int, seed: int) -> tuple[Tensor, Tensor]:

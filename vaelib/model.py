@@ -183,7 +183,10 @@ class VAE(nn.Module):
         return self.to_x(self.decoder(z))
 
     def _log_px_z(self, x: Tensor, z: Tensor) -> Tensor:
-        out = self._decode(z)  # (..., batch, x_dim)
+        return self._log_px_given(x, self._decode(z))
+
+    def _log_px_given(self, x: Tensor, out: Tensor) -> Tensor:
+        r""":math:`\log p(x|z)` from the decoder's output ``out`` ``(..., batch, x_dim)`` for ``z``."""
         if self.likelihood == "bernoulli":
             # log p(x|z) = x . logits - sum softplus(logits) (see densities._log_bernoulli). The dot
             # product never materialises x * logits: with many samples of z (importance sampling) a
