@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+import vaelib.iwae
 from vaelib import VAE, elbo, iwae_bound, log_likelihood
 
 
@@ -162,3 +163,56 @@ def test_rejects_bad_arguments(model_and_data):
         log_likelihood(model, x, k=2, max_elements=0)
     with pytest.raises(ValueError, match="x must be binary"):
         log_likelihood(model, torch.full_like(x, 0.3), k=2)
+
+
+# --- the folded decoder (log_likelihood with one example per chunk) ------------------------------------
+
+
+def _trained_like(likelihood: str, dtype: torch.dtype) -> VAE:
+    """A model whose posteriors are narrow, as after training: most hidden units keep their sign."""
+    model = VAE(12, 3, hidden=(16,), likelihood=likelihood, seed=3).to(dtype)
+    with torch.no_grad():
+        model.to_logvar.bias.fill_(-4.0)  # sigma ~ 0.14
+    return model
+
+
+def _plain(monkeypatch) -> None:
+    monkeypatch.setattr(vaelib.iwae, "FOLD_MIN_SAMPLES", 10**9)
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+def test_folding_gives_the_plain_decoders_estimate(likelihood, dtype, tol, binary_data, monkeypatch):
+    model = _trained_like(likelihood, dtype)
+    x = binary_data(6, 12, seed=4).to(dtype) if likelihood == "bernoulli" else torch.randn(6, 12, dtype=dtype)
+    per_sample = model.x_dim + model.z_dim
+    budget = 500 * per_sample  # chunks of one example and 500 samples: the folded path
+    assert vaelib.iwae._chunks(model, 6, 1200, budget) == (1, 500)
+    folded = log_likelihood(model, x, k=1200, generator=_gen(2), max_elements=budget)
+    _plain(monkeypatch)
+    plain = log_likelihood(model, x, k=1200, generator=_gen(2), max_elements=budget)
+    torch.testing.assert_close(folded, plain, rtol=0, atol=tol)
+
+
+def test_folding_is_exact_for_the_decoder_itself():
+    model = _trained_like("bernoulli", torch.float64)
+    folder = vaelib.iwae._Folder(model)
+    mu = torch.randn(1, 3, generator=_gen(0), dtype=torch.float64)
+    z = mu + 0.1 * torch.randn(300, 3, generator=_gen(1), dtype=torch.float64)
+    pre = z @ model.decoder[0].weight.t() + model.decoder[0].bias
+    varies = ((pre > 0).any(0) & (pre <= 0).any(0)).sum()
+    assert 0 < varies < 16  # some units fold, some do not: both parts of the product are exercised
+    torch.testing.assert_close(folder.decode(z), model.decode(z), rtol=0, atol=1e-12)
+    sign = torch.tensor([1.0, -1.0] * 6, dtype=torch.float64)
+    torch.testing.assert_close(folder.decode(z, sign), model.decode(z) * sign, rtol=0, atol=1e-12)
+
+
+def test_folding_needs_one_hidden_layer(binary_data):
+    assert vaelib.iwae._Folder.applies(VAE(12, 2, hidden=(8,)))
+    assert not vaelib.iwae._Folder.applies(VAE(12, 2, hidden=()))
+    assert not vaelib.iwae._Folder.applies(VAE(12, 2, hidden=(8, 8)))
+    # Deeper models take the plain path, with the same generator order.
+    model = VAE(12, 2, hidden=(8, 8), seed=0)
+    x = binary_data(2, 12)
+    got = log_likelihood(model, x, k=300, generator=_gen(5), max_elements=300 * 14)
+    assert got.shape == (2,) and bool(torch.isfinite(got).all())
