@@ -126,7 +126,9 @@ class _Folder:
         one pass fewer.
         """
         if self.model.likelihood == "bernoulli":
-            return -F.softplus(self.decode(z, 1 - 2 * x[0]), threshold=40.0).sum(-1)
+            u = self.decode(z, 1 - 2 * x[0])
+            torch._C._nn.softplus(u, 1.0, 40.0, out=u)  # in place: no second (k, x_dim) buffer
+            return -u.sum(-1)
         return self.model._log_px_given(x, self.decode(z).unsqueeze(1)).squeeze(1)
 
     def decode(self, z: Tensor, sign: Tensor | None = None) -> Tensor:
