@@ -33,8 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._validate import check_float, check_generator, check_int
-from .elbo import ELBOTerms
+from .elbo import ELBOTerms, _check_elbo_args
 from .kl import _gaussian_kl
 from .model import VAE
 
@@ -50,9 +49,8 @@ def elbo_backward(
 
     Equivalent to ``terms = elbo(model, x, n_samples, beta, generator)`` followed by
     ``(-terms.objective.mean()).backward()`` on parameters without gradients, but computed by hand (see
-    the module's description). Each parameter's ``.grad`` is overwritten, not accumulated into: a
-    ``.grad`` already of the right shape, dtype and device is written in place (so a training loop can
-    keep them in one buffer), anything else is replaced.
+    the module's description). Each parameter's ``.grad`` is overwritten, not accumulated into; an
+    existing ``.grad`` is written in place (so a training loop can keep all gradients in one buffer).
 
     Args:
         model: a :class:`vaelib.VAE`.
@@ -64,13 +62,7 @@ def elbo_backward(
     Returns:
         :class:`vaelib.ELBOTerms`, ``(batch,)`` tensors without gradient history.
     """
-    if not isinstance(model, VAE):
-        raise TypeError(f"model must be a vaelib.VAE, got {type(model).__name__}")
-    x = model.check_x(x)
-    n_samples = check_int("n_samples", n_samples)
-    beta = check_float("beta", beta, minimum=0.0)
-    check_generator("generator", generator)
-    return _elbo_backward(model, x, n_samples, beta, generator)
+    return _elbo_backward(*_check_elbo_args(model, x, n_samples, beta, generator))
 
 
 def _linears(mlp: nn.Sequential) -> list[nn.Linear]:
@@ -88,25 +80,25 @@ def _forward(layers: list[nn.Linear], h: Tensor) -> tuple[Tensor, list[Tensor]]:
 
 
 def _set_grad(p: Tensor, value: Tensor) -> None:
-    """Write ``value`` into ``p.grad`` (in place when it already has the right layout)."""
-    if p.grad is not None and p.grad.shape == value.shape and p.grad.dtype == value.dtype and p.grad.device == value.device:
-        p.grad.copy_(value)
-    else:
+    """Write ``value`` into ``p.grad`` (in place if there is one: PyTorch keeps it ``p``'s shape and dtype)."""
+    if p.grad is None:
         p.grad = value
+    else:
+        p.grad.copy_(value)
 
 
 def _linear_backward(layer: nn.Linear, delta: Tensor, h: Tensor, need_input_grad: bool) -> Tensor | None:
     r"""Given :math:`\delta = \partial L/\partial a` for :math:`a = hW^\top + c`, set the layer's gradients
     and return :math:`\partial L/\partial h` (or ``None`` when not needed)."""
     w, b = layer.weight, layer.bias
-    if w.grad is not None and w.grad.shape == w.shape and w.grad.dtype == w.dtype and w.grad.device == w.device:
-        torch.mm(delta.t(), h, out=w.grad)  # straight into the gradient buffer
-    else:
+    if w.grad is None:
         w.grad = delta.t() @ h
-    if b.grad is not None and b.grad.shape == b.shape and b.grad.dtype == b.dtype and b.grad.device == b.device:
-        torch.sum(delta, 0, out=b.grad)
     else:
+        torch.mm(delta.t(), h, out=w.grad)  # straight into the existing gradient buffer
+    if b.grad is None:
         b.grad = delta.sum(0)
+    else:
+        torch.sum(delta, 0, out=b.grad)
     return delta @ w if need_input_grad else None
 
 

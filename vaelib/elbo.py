@@ -64,13 +64,20 @@ def elbo(
     Returns:
         :class:`ELBOTerms` with ``(batch,)`` tensors; differentiable in the model's parameters.
     """
+    return _elbo(*_check_elbo_args(model, x, n_samples, beta, generator))
+
+
+def _check_elbo_args(
+    model: object, x: object, n_samples: object, beta: object, generator: object
+) -> tuple[VAE, Tensor, int, float, torch.Generator | None]:
+    """Validate the arguments of :func:`elbo` (and of :func:`vaelib.elbo_backward`); return them."""
     if not isinstance(model, VAE):
         raise TypeError(f"model must be a vaelib.VAE, got {type(model).__name__}")
     x = model.check_x(x)
     n_samples = check_int("n_samples", n_samples)
     beta = check_float("beta", beta, minimum=0.0)
     check_generator("generator", generator)
-    return _elbo(model, x, n_samples, beta, generator)
+    return model, x, n_samples, beta, generator  # type: ignore[return-value]
 
 
 def _elbo(

@@ -140,12 +140,13 @@ class _OverflowGuard:
         with torch.no_grad():
             self.param_bound = max(float(p.abs().max()) for p in params if p.numel())
         self.grad_max = 0.0
+        self.max_step = adam_max_step()
         self.backup: list[Tensor] | None = None  # the parameters before the latest step, if copied
 
     def before_step(self, lr: float, grad_max: float) -> None:
         """Call just before ``optimizer.step()``; ``grad_max`` bounds this step's ``|gradient|`` entries."""
         self.grad_max = max(self.grad_max, grad_max)
-        self.param_bound += adam_max_step() * lr
+        self.param_bound += self.max_step * lr
         risky = self.param_bound >= self.limit or lr / (1 - ADAM_BETAS[0]) * self.grad_max >= self.limit
         if not risky:
             self.backup = None
@@ -339,75 +340,73 @@ def fit(
     bar = tqdm(range(1, epochs + 1), desc="fit", unit="epoch", disable=not show, file=sys.stderr)
     model.train()
     x_epoch = None if binarizer is not None else x
-    for epoch in bar:
-        t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=g, device=device)
-        if binarizer is not None:  # a fresh binarisation, drawn into the same tensor every epoch
-            x_epoch = binarizer(g, previous=x_epoch)
-        sum_elbo = sum_kl = 0.0
-        for b, start in enumerate(range(0, n, batch_size), start=1):
-            xb = x_epoch.index_select(0, perm[start : start + batch_size])
-            beta_t = beta if warmup_steps == 0 else beta * min(1.0, (step + 1) / warmup_steps)
-            if lr_schedule == "cosine":
-                lr_t = 0.5 * lr * (1 + math.cos(math.pi * step / total_steps))
-            # The ELBO of the batch, and the gradient of the loss -mean(objective) in every p.grad:
-            # what `loss.backward()` would give, with the chain rule written out (vaelib.backprop).
-            terms = _elbo_backward(model, xb, n_samples, beta_t, g)
-            # The batch's sums, and the gradient's squared 2-norm as one dot product (NaN or inf if an
-            # entry is, or if it overflows; its root bounds every |entry| for the guard), read in one go.
-            objective_sum, elbo_sum, kl_sum, grad_sq = torch.stack(
-                [terms.objective.sum(), terms.elbo.sum(), terms.kl.sum(), torch.dot(grad_buffer, grad_buffer)]
-            ).tolist()
-            loss_value, grad_value = -objective_sum / xb.shape[0], math.sqrt(grad_sq)
-            if not (math.isfinite(loss_value) and math.isfinite(grad_value)):
-                bar.close()
-                _release_grads(params)
-                if guard.undo_if_overflowed():
-                    raise _overflow_error(last_step, steps_per_epoch, history)
-                what = "loss" if not math.isfinite(loss_value) else "gradient"
-                raise TrainingDivergedError(
-                    f"training diverged: the {what} is not finite at epoch {epoch}, batch {b} "
-                    f"(of {steps_per_epoch}); the model keeps the parameters from before this step. "
-                    "Try a smaller lr, or check the data for extreme values.",
-                    epoch,
-                    b,
-                    history,
-                )
-            guard.before_step(lr_t, grad_value)
-            optimizer.step(lr_t)
-            last_step = (epoch, b)
-            step += 1
-            sum_elbo += elbo_sum
-            sum_kl += kl_sum
-        if guard.undo_if_overflowed():
-            bar.close()
-            _release_grads(params)
-            raise _overflow_error(last_step, steps_per_epoch, history)
-        history.train_elbo.append(sum_elbo / n)
-        history.train_kl.append(sum_kl / n)
-        history.lr.append(lr_t)
-        history.beta.append(beta_t)
-        postfix = {"train_elbo": f"{history.train_elbo[-1]:.2f}"}
-        if x_valid is not None:
-            model.eval()
-            g_valid.manual_seed(seed + 1)  # the same noise every epoch: curves compare like with like
-            v = _mean_elbo(model, x_valid, g_valid)
-            model.train()
-            history.valid_elbo.append(v)
-            postfix["valid_elbo"] = f"{v:.2f}"
-            if v > best:
-                best, since_best, history.best_epoch = v, 0, epoch
-                if patience is not None:
-                    best_state = copy.deepcopy(model.state_dict())
-            else:
-                since_best += 1
-        history.seconds.append(time.perf_counter() - t0)
-        bar.set_postfix(postfix)
-        if patience is not None and since_best >= patience:
-            history.stopped_early = True
-            break
-    bar.close()
-    _release_grads(params)
+    try:
+        for epoch in bar:
+            t0 = time.perf_counter()
+            perm = torch.randperm(n, generator=g, device=device)
+            if binarizer is not None:  # a fresh binarisation, drawn into the same tensor every epoch
+                x_epoch = binarizer(g, previous=x_epoch)
+            sum_elbo = sum_kl = 0.0
+            for b, start in enumerate(range(0, n, batch_size), start=1):
+                xb = x_epoch.index_select(0, perm[start : start + batch_size])
+                beta_t = beta if warmup_steps == 0 else beta * min(1.0, (step + 1) / warmup_steps)
+                if lr_schedule == "cosine":
+                    lr_t = 0.5 * lr * (1 + math.cos(math.pi * step / total_steps))
+                # The ELBO of the batch, and the gradient of the loss -mean(objective) in every p.grad:
+                # what `loss.backward()` would give, with the chain rule written out (vaelib.backprop).
+                terms = _elbo_backward(model, xb, n_samples, beta_t, g)
+                # The batch's sums, and the gradient's squared 2-norm as one dot product (NaN or inf if an
+                # entry is, or if it overflows; its root bounds every |entry| for the guard), read in one go.
+                objective_sum, elbo_sum, kl_sum, grad_sq = torch.stack(
+                    [terms.objective.sum(), terms.elbo.sum(), terms.kl.sum(), torch.dot(grad_buffer, grad_buffer)]
+                ).tolist()
+                loss_value, grad_value = -objective_sum / xb.shape[0], math.sqrt(grad_sq)
+                if not (math.isfinite(loss_value) and math.isfinite(grad_value)):
+                    if guard.undo_if_overflowed():
+                        raise _overflow_error(last_step, steps_per_epoch, history)
+                    what = "loss" if not math.isfinite(loss_value) else "gradient"
+                    raise TrainingDivergedError(
+                        f"training diverged: the {what} is not finite at epoch {epoch}, batch {b} "
+                        f"(of {steps_per_epoch}); the model keeps the parameters from before this step. "
+                        "Try a smaller lr, or check the data for extreme values.",
+                        epoch,
+                        b,
+                        history,
+                    )
+                guard.before_step(lr_t, grad_value)
+                optimizer.step(lr_t)
+                last_step = (epoch, b)
+                step += 1
+                sum_elbo += elbo_sum
+                sum_kl += kl_sum
+            if guard.undo_if_overflowed():
+                raise _overflow_error(last_step, steps_per_epoch, history)
+            history.train_elbo.append(sum_elbo / n)
+            history.train_kl.append(sum_kl / n)
+            history.lr.append(lr_t)
+            history.beta.append(beta_t)
+            postfix = {"train_elbo": f"{history.train_elbo[-1]:.2f}"}
+            if x_valid is not None:
+                model.eval()
+                g_valid.manual_seed(seed + 1)  # the same noise every epoch: curves compare like with like
+                v = _mean_elbo(model, x_valid, g_valid)
+                model.train()
+                history.valid_elbo.append(v)
+                postfix["valid_elbo"] = f"{v:.2f}"
+                if v > best:
+                    best, since_best, history.best_epoch = v, 0, epoch
+                    if patience is not None:
+                        best_state = copy.deepcopy(model.state_dict())
+                else:
+                    since_best += 1
+            history.seconds.append(time.perf_counter() - t0)
+            bar.set_postfix(postfix)
+            if patience is not None and since_best >= patience:
+                history.stopped_early = True
+                break
+    finally:  # also when training diverges: no gradient buffer outlives fit
+        bar.close()
+        _release_grads(params)
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
