@@ -248,6 +248,8 @@ def fit(
 
     Each step takes a minibatch :math:`x_{1..B}`, draws :math:`z = \mu + \sigma\odot\epsilon`, and ascends
     :math:`\frac1B\sum_i \bigl[\log p_\theta(x_i|z_i) - \beta_t\, D_{\mathrm{KL}}(q_\phi(z|x_i)\|p(z))\bigr]`.
+    The gradient comes from :func:`vaelib.elbo_backward` (the chain rule written out, equal to autograd's),
+    the update from Adam; the book's Performance appendix explains the other economies of the loop.
 
     Args:
         model: the :class:`vaelib.VAE` to train (in place).
