@@ -90,12 +90,17 @@ def check_binary(name: str, x: Tensor) -> None:
         )
 
 
-def _is_binary(x: Tensor) -> bool:
-    """Whether every entry of ``x`` is 0 or 1: inside [0, 1] and equal to its rounding (two cheap passes)."""
+def in_unit_interval(x: Tensor) -> bool:
+    """Whether every entry of ``x`` lies in [0, 1] (one pass; ``False`` if any is NaN)."""
     if x.numel() == 0:
         return True
     lo, hi = torch.aminmax(x)
-    return bool((lo >= 0) & (hi <= 1)) and torch.equal(x, x.round())
+    return bool((lo >= 0) & (hi <= 1))
+
+
+def _is_binary(x: Tensor) -> bool:
+    """Whether every entry of ``x`` is 0 or 1: inside [0, 1] and equal to its rounding (two cheap passes)."""
+    return in_unit_interval(x) and torch.equal(x, x.round())
 
 
 def check_int(name: str, value: object, *, minimum: int = 1) -> int:

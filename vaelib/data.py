@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._validate import check_generator, check_int, check_path, check_tensor
+from ._validate import check_generator, check_int, check_path, check_tensor, in_unit_interval
 
 #: Seed of the one fixed binarisation of the MNIST test images.
 TEST_BINARIZATION_SEED = 0
@@ -108,7 +108,7 @@ def binarize(images: Tensor, generator: torch.Generator | None = None) -> Tensor
     """
     check_tensor("images", images)
     check_generator("generator", generator)
-    if float(images.min()) < 0 or float(images.max()) > 1:
+    if not in_unit_interval(images):
         raise ValueError("images must be grey levels in [0, 1] to binarise")
     return _binarize(images, generator)
 

@@ -20,8 +20,9 @@ from ._validate import check_generator, check_int
 from .model import VAE
 
 #: Elements of the largest ``(k, batch, x_dim)`` decoder output built at once by :func:`log_likelihood`.
-#: 2**20 floats (4 MiB) keep each chunk in cache: on a 2-core CPU, K = 1000 for 1,000 MNIST digits took
-#: 9.3 s with it against 14 s with 2**24 (chapter 6).
+#: 2**20 floats (4 MiB) keep each chunk near the cache, and at K = 1000 on MNIST give one example per
+#: chunk, where the decoder is folded (:class:`_Folder`): on a 2-core CPU, K = 1000 for 1,000 digits took
+#: 4.3-5.6 s with it against 5.3-7.2 s with 2**24 (several examples per chunk, unfolded).
 CHUNK_ELEMENTS = 1 << 20
 
 #: Fewest samples per chunk for which :func:`log_likelihood` folds the decoder (:class:`_Folder`): below
@@ -94,12 +95,12 @@ class _Folder:
 
     .. math:: o = (V_A W_A)\,z + (V_A b_A + c) + V_U \operatorname{relu}(W_U z + b_U).
 
-    :math:`V_A W_A` is an ``(x_dim, z_dim)`` matrix formed once per example, so the big product costs
-    :math:`k \cdot x_\text{dim} \cdot (z_\text{dim} + |U|)` multiplications instead of
+    :math:`V_A W_A` and :math:`V_A b_A + c` form one ``(x_dim, z_dim + 1)`` matrix per example (the biases
+    ride along as a last input coordinate fixed at 1), so the big product costs
+    :math:`k \cdot x_\text{dim} \cdot (z_\text{dim} + 1 + |U|)` multiplications instead of
     :math:`k \cdot x_\text{dim} \cdot \text{hidden}`; for the book's MNIST models at :math:`K = 1000`,
     the sign of roughly half to two thirds of the hidden units varies. The result equals the plain
-    decoder's up to floating-point rounding (the sums run in another order). The biases ride along as
-    a last input coordinate fixed at 1, so no product needs a separate bias pass. It is used only where
+    decoder's up to floating-point rounding (the sums run in another order). It is used only where
     it saves work: one example at a time (:func:`log_likelihood` at large ``k``) and a decoder with
     exactly one hidden layer.
     """

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from ._validate import check_float, check_int, check_tensor
+from ._validate import check_float, check_int, check_tensor, in_unit_interval
 from .data import Digits, _Binarizer
 from .backprop import _elbo_backward
 from .elbo import _elbo
@@ -76,11 +76,6 @@ class History:
 def _progress_default() -> bool:
     """Progress bars are on unless the environment sets ``VAELIB_PROGRESS=0`` (as the book build does)."""
     return os.environ.get("VAELIB_PROGRESS", "1") not in ("0", "false", "False", "")
-
-
-def _in_unit_interval(x: Tensor) -> bool:
-    lo, hi = torch.aminmax(x)
-    return bool((lo >= 0) & (hi <= 1))
 
 
 def _as_tensor(data: Tensor | Digits) -> Tensor:
@@ -302,7 +297,7 @@ def fit(
         raise TypeError(f"binarize must be True, False or None, got {type(binarize).__name__}")
     # Finding the grey pixels (for the binariser) also tells whether the data are binary already.
     binarizer = None
-    if (model.likelihood == "bernoulli" or binarize) and _in_unit_interval(x):
+    if (model.likelihood == "bernoulli" or binarize) and in_unit_interval(x):
         binarizer = _Binarizer(x)
     is_binary = binarizer is not None and binarizer.is_binary
     if binarize is None:
