@@ -275,6 +275,15 @@ def test_folded_likelihood_recomputes_rows_that_overflow(binary_data):
     torch.testing.assert_close(folded, plain, rtol=1e-5, atol=1e-4)
 
 
+def test_folding_works_in_half_precision_too(binary_data, monkeypatch):
+    model = _trained_like("bernoulli", torch.bfloat16)  # no sparse product: the exceptions multiply densely
+    x = binary_data(2, 12, seed=9).to(torch.bfloat16)
+    folded = log_likelihood(model, x, k=300, generator=_gen(10), max_elements=300 * 15)
+    _plain(monkeypatch)
+    plain = log_likelihood(model, x, k=300, generator=_gen(10), max_elements=300 * 15)
+    torch.testing.assert_close(folded.float(), plain.float(), rtol=0, atol=0.5)  # bfloat16: 3 digits
+
+
 def test_folded_path_warns_nothing(binary_data):
     model = _trained_like("bernoulli", torch.float32)
     with warnings.catch_warnings(record=True) as caught:

@@ -51,6 +51,10 @@ _FOLD_BLOCK = 256
 
 _LOG2_E = 1 / math.log(2)
 
+#: Dtypes for which :class:`_Folder` multiplies the exceptions as a sparse matrix (those of MKL's sparse
+#: product on the CPU); for others it multiplies them as a dense one.
+_SPARSE_DTYPES = (torch.float32, torch.float64)
+
 #: Columns whose ``1 + exp`` factors :func:`_sum_softplus` multiplies before taking one logarithm.
 _COLUMNS_PER_LOG = 16
 
@@ -219,8 +223,8 @@ class _Folder:
         if end < pre.shape[1] and bool(pre[:, end:].amax() > 0):
             end = pre.shape[1]
         exceptions, v_rest = pre[:, n_dense:end], weights[z_cols + n_dense : z_cols + end]
-        if exceptions.device.type != "cpu":  # sparse products are only measured faster on the CPU
-            return out.addmm_(exceptions, v_rest)
+        if exceptions.device.type != "cpu" or exceptions.dtype not in _SPARSE_DTYPES:
+            return out.addmm_(exceptions, v_rest)  # measured faster only on the CPU; MKL's dtypes only
         sparse = _sparse_rows(exceptions)
         return out if sparse is None else out.addmm_(sparse, v_rest)
 
@@ -230,7 +234,8 @@ def _sparse_rows(m: Tensor) -> Tensor | None:
     rows, cols = m.nonzero().unbind(1)  # row by row, as CSR stores them
     if rows.numel() == 0:
         return None
-    row_starts = torch._convert_indices_from_coo_to_csr(rows, m.shape[0])
+    row_starts = torch.zeros(m.shape[0] + 1, dtype=torch.int64)
+    torch.cumsum(torch.bincount(rows, minlength=m.shape[0]), 0, out=row_starts[1:])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "Sparse CSR tensor support is in beta state"
         return torch.sparse_csr_tensor(row_starts, cols, m[rows, cols], m.shape, check_invariants=False)
