@@ -159,7 +159,7 @@ class _Folder:
         (hidden,) = [layer for layer in model.decoder if isinstance(layer, torch.nn.Linear)]
         # Detached: folding serves estimates without gradients (log_likelihood).
         self.weight, self.bias = hidden.weight.detach(), hidden.bias.detach()  # W (hidden, z_dim), b
-        self.w_b = torch.cat([self.weight, self.bias.unsqueeze(1)], 1)  # (hidden, z_dim + 1): [W | b]
+        self.b_w = torch.cat([self.bias.unsqueeze(1), self.weight], 1)  # (hidden, 1 + z_dim): [b | W]
         self.out_t = model.to_x.weight.detach().t().contiguous()  # (hidden, x_dim): V transposed
         self.out_bias = model.to_x.bias.detach()
         # |m|/s below which a unit is dense, and above which it is settled (the shares, as Gaussian quantiles).
@@ -196,7 +196,7 @@ class _Folder:
         if self.model.likelihood != "bernoulli":
             return self.model._log_px_given(x, self.decode(z, plan).unsqueeze(1)).squeeze(1)
         log_px_z = _sum_log1p_exp2_(self.decode(z, plan, (1 - 2 * x[0]) * _LOG2_E)).neg_()
-        if not bool(torch.isfinite(log_px_z).all()):
+        if not math.isfinite(log_px_z.detach().sum()):  # -inf in a row, or nan
             overflowed = (~torch.isfinite(log_px_z)).nonzero().squeeze(1)
             log_px_z[overflowed] = self.model._log_px_z(x, z[overflowed].unsqueeze(1)).squeeze(1)
         return log_px_z
@@ -204,25 +204,26 @@ class _Folder:
     def decode(self, z: Tensor, plan: _Plan, scale: Tensor | None = None) -> Tensor:
         """The decoder's output ``(k, x_dim)`` for ``z`` ``(k, z_dim)``, times ``scale`` ``(x_dim,)`` if given."""
         n_dense, n_off, n_on, n_on_settled = plan.n_dense, plan.n_off, plan.n_on, plan.n_on_settled
-        z_cols = z.shape[1] + 1
-        z1 = F.pad(z, (0, 1), value=1.0)  # (k, z_dim + 1): [z | 1]
+        top = z.shape[1] + 1  # rows of the folded matrix, the bias row first
         ons = slice(n_dense + n_off, n_dense + n_off + n_on + n_on_settled)
-        w = self.w_b.index_select(0, plan.order)  # (hidden, z_dim + 1), rows in the plan's order
-        # weights: the folded matrix [V_on W_on | V_on b_on + c]^T on top of V's rows in the same order.
-        weights = z.new_empty(z_cols + w.shape[0], self.out_t.shape[1])
-        v = torch.index_select(self.out_t, 0, plan.order, out=weights[z_cols:])
-        torch.mm(w[ons].t(), v[ons], out=weights[:z_cols])
-        weights[z_cols - 1] += self.out_bias
+        w = self.b_w.index_select(0, plan.order)  # (hidden, 1 + z_dim): [b | W], rows in the plan's order
+        # weights: the folded matrix [V_on b_on + c | V_on W_on]^T on top of V's rows in the same order.
+        weights = z.new_empty(top + w.shape[0], self.out_t.shape[1])
+        v = torch.index_select(self.out_t, 0, plan.order, out=weights[top:])
+        torch.mm(w[ons].t(), v[ons], out=weights[:top])
+        weights[0] += self.out_bias
         if scale is not None:
             weights.mul_(scale)
         w[ons].neg_()  # relu(-a) for the on units: nonzero where they are off
-        pre = (z1 @ w.t()).relu_()  # (k, hidden): dense activations, then the exceptions
-        out = torch.cat([z1, pre[:, :n_dense]], 1) @ weights[: z_cols + n_dense]
-        # The settled units' exceptions are looked for only if there are any (one pass instead of a search).
+        w_t = w.t().contiguous()  # (1 + z_dim, hidden): contiguous for the product below
+        pre = torch.addmm(w_t[0], z, w_t[1:]).relu_()  # (k, hidden): dense activations, then exceptions
+        out = torch.addmm(weights[0], torch.cat([z, pre[:, :n_dense]], 1), weights[1 : top + n_dense])
+        # The settled units' exceptions are looked for only if there are any: a sum of the (non-negative)
+        # candidates is one pass, cheaper than a search.
         end = n_dense + n_off + n_on
-        if end < pre.shape[1] and bool(pre[:, end:].amax() > 0):
+        if end < pre.shape[1] and bool(pre[:, end:].sum() > 0):
             end = pre.shape[1]
-        exceptions, v_rest = pre[:, n_dense:end], weights[z_cols + n_dense : z_cols + end]
+        exceptions, v_rest = pre[:, n_dense:end], weights[top + n_dense : top + end]
         if exceptions.device.type != "cpu" or exceptions.dtype not in _SPARSE_DTYPES:
             return out.addmm_(exceptions, v_rest)  # measured faster only on the CPU; MKL's dtypes only
         sparse = _sparse_rows(exceptions)
