@@ -27,7 +27,7 @@ from .model import VAE
 #: Elements of the largest ``(k, batch, x_dim)`` decoder output built at once by :func:`log_likelihood`.
 #: 2**20 floats (4 MiB) keep each chunk near the cache, and at K = 1000 on MNIST give one example per
 #: chunk, where the decoder is folded (:class:`_Folder`): on a 2-core CPU, K = 1000 for 1,000 digits took
-#: 4.3-5.6 s with it against 5.3-7.2 s with 2**24 (several examples per chunk, unfolded).
+#: 3.8-4.5 s with it against 7.1-7.6 s with 2**24 (several examples per chunk, unfolded).
 CHUNK_ELEMENTS = 1 << 20
 
 #: Fewest samples per chunk for which :func:`log_likelihood` folds the decoder (:class:`_Folder`): below
@@ -36,9 +36,9 @@ FOLD_MIN_SAMPLES = 100
 
 #: :class:`_Folder` keeps a hidden unit in its dense product when the share of samples expected on the other
 #: side of zero from its centre exceeds this; the other units fold, their exceptions multiply as a sparse
-#: matrix. A dense column costs ``k`` multiply-adds per pixel, an exception one, at several times the cost
-#: per multiply-add: on the book's MNIST models 0.1-0.3 measured about equally fast, and clearly faster than
-#: 0.05 (too many dense columns).
+#: matrix. A dense column costs ``k`` multiply-adds per pixel, an exception one, but several times more per
+#: multiply-add, and the exceptions must be searched for. On the book's MNIST model the time is flat
+#: between 0.1 and 0.2 (within this machine's noise), and 5-10% longer at 0.05 or 0.3.
 DENSE_FLIP_FRACTION = 0.15
 
 #: :class:`_Folder` takes a hidden unit as settled when the share of samples expected on the other side of
@@ -49,13 +49,13 @@ SETTLED_SHARE = 1e-6
 #: Examples :func:`log_likelihood` encodes and plans together when it folds the decoder.
 _FOLD_BLOCK = 256
 
-_LOG2_E = 1 / math.log(2)
+_LOG2_E = 1 / math.log(2)  # exp(u) = 2**(u * _LOG2_E)
 
 #: Dtypes for which :class:`_Folder` multiplies the exceptions as a sparse matrix (those of MKL's sparse
 #: product on the CPU); for others it multiplies them as a dense one.
 _SPARSE_DTYPES = (torch.float32, torch.float64)
 
-#: Columns whose ``1 + exp`` factors :func:`_sum_softplus` multiplies before taking one logarithm.
+#: Columns whose factors ``1 + 2**t`` :func:`_sum_log1p_exp2_` multiplies before taking one logarithm.
 _COLUMNS_PER_LOG = 16
 
 
@@ -133,25 +133,28 @@ class _Folder:
     :math:`q_\phi(z|x) = \mathcal{N}(\mu, \operatorname{diag}\sigma^2)`, so each pre-activation :math:`a_j`
     is Gaussian across them, with centre :math:`m_j = w_j^\top\mu + b_j` and spread
     :math:`s_j = \lVert w_j \odot \sigma\rVert`: most units keep the sign of their centre for nearly every
-    sample. Each unit is therefore handled by its expected share of samples on the other side,
-    :math:`\Phi(-|m_j|/s_j)`:
+    sample. Each unit is handled according to its expected share of samples on the other side of zero,
+    :math:`\Phi(-|m_j|/s_j)` (its :class:`_Plan`):
 
     * **dense** units (share above :data:`DENSE_FLIP_FRACTION`): :math:`\operatorname{relu}(a_j)` is a
       column of one dense matrix product, as in the plain decoder;
     * **on** units (centre positive): :math:`\operatorname{relu}(a_j) = a_j + \operatorname{relu}(-a_j)`.
-      The linear part folds, with all the other on units, into one ``(z_dim + 1, x_dim)`` matrix
-      :math:`[V_\text{on} W_\text{on} \mid V_\text{on} b_\text{on} + c]^\top` applied to :math:`[z \mid 1]`;
-      :math:`\operatorname{relu}(-a_j)` is zero except for the samples where the unit is off;
+      The linear part folds, with all the other on units, into one ``(1 + z_dim, x_dim)`` matrix
+      :math:`F = [V_\text{on} b_\text{on} + c \mid V_\text{on} W_\text{on}]^\top` applied to
+      :math:`[1 \mid z]`; :math:`\operatorname{relu}(-a_j)` is zero except for the samples where the unit
+      is off;
     * **off** units (centre not positive): :math:`\operatorname{relu}(a_j)` is zero except for the samples
       where the unit is on.
 
-    So, exactly, :math:`o = [z \mid 1]\,F + \operatorname{relu}(a_\text{dense})\,V_\text{dense}^\top + E\,
-    V_\text{rest}^\top`, where the exceptions :math:`E` (``k`` rows, one column per on or off unit) are
-    mostly zeros and multiply as a sparse matrix. On the book's MNIST models at :math:`K = 1000` this turns
-    ``k × 400`` dense columns into about ``k × 100`` dense columns and a few thousand sparse entries.
-    The split only decides the cost: any unit in any group gives the exact result, up to floating-point
-    rounding (the sums run in another order). Used where it saves work: one example at a time
-    (:func:`log_likelihood` at large ``k``) and a decoder with exactly one hidden layer.
+    So, exactly, :math:`o = [1 \mid z]\,F + \operatorname{relu}(a_\text{dense})\,V_\text{dense}^\top +
+    E\,V_\text{rest}^\top`, where the exceptions :math:`E` (``k`` rows, one column per on or off unit) are
+    mostly zeros and multiply as a sparse (CSR) matrix. Units whose share is below :data:`SETTLED_SHARE`
+    are checked for exceptions with one sum and searched only if it is positive. For the book's MNIST
+    model at :math:`K = 1000` this turns the ``k × 400`` dense product into ``k × 111`` (on average
+    90 dense units) and about 6,200 sparse entries. The split only decides the cost: any unit in any group
+    gives the exact result, up to floating-point rounding (the sums run in another order). Used where it
+    saves work: one example at a time (:func:`log_likelihood` at large ``k``) and a decoder with exactly
+    one hidden layer.
     """
 
     def __init__(self, model: VAE) -> None:
@@ -186,12 +189,12 @@ class _Folder:
         r""":math:`\log p_\theta(x|z)` ``(k,)`` for one example ``x`` ``(1, x_dim)``, its samples ``z``
         ``(k, z_dim)`` and its :class:`_Plan`.
 
-        For a Bernoulli decoder the output's columns are multiplied by :math:`1 - 2x` inside the product,
-        which yields :math:`u = (1 - 2x) \odot o` and :math:`\log p(x|z) = -\sum_j \operatorname{softplus}(u_j)`,
-        a sum of terms of one sign (more accurate in float32 than :math:`x \cdot o - \sum_j
-        \operatorname{softplus}(o_j)`, two large sums that nearly cancel), taken by :func:`_sum_log1p_exp2_`.
-        Rows where that overflows (a term above about 5.5 in float32: a confidently wrong pixel) are
-        recomputed with the plain decoder.
+        For a Bernoulli decoder the output's columns are multiplied by :math:`(1 - 2x)\log_2 e` inside the
+        product. With :math:`u = (1 - 2x) \odot o`, :math:`\log p(x|z) = -\sum_j \operatorname{softplus}(u_j)`:
+        a sum of terms of one sign, more accurate in float32 than :math:`x \cdot o - \sum_j
+        \operatorname{softplus}(o_j)` (two large sums that nearly cancel), taken in base 2 by
+        :func:`_sum_log1p_exp2_`. Rows where that overflows (a term above about 5.5 nats in float32: a
+        confidently wrong pixel) are recomputed with the plain decoder.
         """
         if self.model.likelihood != "bernoulli":
             return self.model._log_px_given(x, self.decode(z, plan).unsqueeze(1)).squeeze(1)
