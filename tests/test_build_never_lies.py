@@ -92,7 +92,8 @@ def test_library_change_clears_the_execution_cache(tmp_path):
     repo = tmp_path / "repo"
     (repo / "vaelib").mkdir(parents=True)
     shutil.copy(ROOT / "Makefile", repo / "Makefile")
-    for name in ("pyproject.toml", "requirements.txt"):
+    (repo / "benchmarks").mkdir()
+    for name in ("pyproject.toml", "requirements.txt", "benchmarks/results.json"):
         shutil.copy(ROOT / name, repo / name)
     module = repo / "vaelib" / "elbo.py"
     module.write_text("ANSWER = 1\n")
@@ -110,3 +111,11 @@ def test_library_change_clears_the_execution_cache(tmp_path):
     module.write_text("ANSWER = 2\n")
     cache_check()
     assert not cache.exists(), "a changed vaelib module must clear the execution cache"
+    # The Performance page reads the benchmark results: new results must re-execute it.
+    cache.mkdir(parents=True)
+    cache_check()
+    assert cache.exists()
+    results = repo / "benchmarks" / "results.json"
+    results.write_text(results.read_text().replace('"date"', '"date" ', 1))
+    cache_check()
+    assert not cache.exists(), "new benchmark results must clear the execution cache"
