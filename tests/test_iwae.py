@@ -196,7 +196,7 @@ def test_folding_gives_the_plain_decoders_estimate(likelihood, dtype, tol, x_dim
     torch.testing.assert_close(folded, plain, rtol=0, atol=tol * x_dim / 12)
 
 
-def _samples(model: VAE, n: int = 300) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _samples(n: int = 300) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(z, mu, logvar)``: ``n`` samples of one posterior, the centre and log-variance they come from."""
     mu = torch.randn(1, 3, generator=_gen(0), dtype=torch.float64)
     logvar = torch.full_like(mu, math.log(0.1**2))
@@ -215,7 +215,7 @@ def test_folding_is_exact_for_the_decoder_itself_whatever_the_split(dense_fracti
             monkeypatch.setattr(vaelib.iwae, name, value)
     model = _trained_like("bernoulli", torch.float64)
     folder = vaelib.iwae._Folder(model)
-    z, mu, logvar = _samples(model)
+    z, mu, logvar = _samples()
     (plan,) = folder.plans(mu, logvar)
     pre = z @ model.decoder[0].weight.t() + model.decoder[0].bias
     varies = ((pre > 0).any(0) & (pre <= 0).any(0)).sum()
