@@ -14,6 +14,7 @@ across machines, not the absolute numbers. See the book's appendix "Performance"
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import math
@@ -31,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vaelib  # noqa: E402
 from peer import PeerVAE, peer_test_elbo, peer_train_epoch, reference_log_likelihood  # noqa: E402
+from torch import nn  # noqa: E402
 from vaelib.data import load_mnist  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,30 +57,63 @@ def train_flops_per_example() -> float:
     return 3 * 2 * macs
 
 
+class _Encoder(nn.Module):
+    """The peer's encoder as a learner would write it for vaelib: x -> (mu, logvar)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden = nn.Sequential(nn.Linear(X_DIM, HIDDEN), nn.ReLU())
+        self.mu, self.logvar = nn.Linear(HIDDEN, Z_DIM), nn.Linear(HIDDEN, Z_DIM)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.hidden(x)
+        return self.mu(h), self.logvar(h)
+
+
+class LearnersVAE(vaelib.VAE):
+    """A custom model: a subclass with its own modules (the same 784-400-20 MLP, so the FLOPs are equal).
+
+    Not the built-in architecture (vaelib.model.is_builtin_mlp is False), so fit trains it with autograd
+    and log_likelihood evaluates its decoder plainly: the general path, measured beside the fast one.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(X_DIM, Z_DIM, encoder=_Encoder(),
+                         decoder=nn.Sequential(nn.Linear(Z_DIM, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, X_DIM)))
+
+
 def time_throughput(x_train: torch.Tensor, repeats: int, epochs: int) -> dict:
-    """Samples/s of the peer and of vaelib.fit, measured alternately; medians over repeats."""
+    """Samples/s of the peer, of vaelib.fit on the built-in model and on a custom one, measured
+    alternately; medians over repeats (ratios within each repeat)."""
     torch.manual_seed(0)
     peer = PeerVAE(X_DIM, HIDDEN, Z_DIM)
     opt = torch.optim.Adam(peer.parameters(), lr=LR)
     ours = vaelib.VAE(X_DIM, Z_DIM, hidden=(HIDDEN,), seed=0)
+    custom = LearnersVAE()
+    assert vaelib.model.is_builtin_mlp(ours) and not vaelib.model.is_builtin_mlp(custom)
     n = x_train.shape[0] * epochs
-    peer_train_epoch(peer, opt, x_train)  # warm-up both
-    vaelib.fit(ours, x_train, 1, batch_size=BATCH, lr=LR, progress=False)
-    peer_rates, our_rates = [], []
+    peer_train_epoch(peer, opt, x_train)  # warm-up all three
+    for model in (ours, custom):
+        vaelib.fit(model, x_train, 1, batch_size=BATCH, lr=LR, progress=False)
+    rates: dict[str, list[float]] = {"peer": [], "vaelib": [], "custom": []}
     for r in range(repeats):
         t = time.perf_counter()
         for _ in range(epochs):
             peer_train_epoch(peer, opt, x_train)
-        peer_rates.append(n / (time.perf_counter() - t))
-        t = time.perf_counter()
-        vaelib.fit(ours, x_train, epochs, batch_size=BATCH, lr=LR, seed=r + 1, progress=False)
-        our_rates.append(n / (time.perf_counter() - t))
-    ratios = [o / p for o, p in zip(our_rates, peer_rates)]
+        rates["peer"].append(n / (time.perf_counter() - t))
+        for name, model in (("vaelib", ours), ("custom", custom)):
+            t = time.perf_counter()
+            vaelib.fit(model, x_train, epochs, batch_size=BATCH, lr=LR, seed=r + 1, progress=False)
+            rates[name].append(n / (time.perf_counter() - t))
+    ratios = {name: [o / p for o, p in zip(rates[name], rates["peer"])] for name in ("vaelib", "custom")}
     return {
-        "peer_samples_per_s": statistics.median(peer_rates),
-        "vaelib_samples_per_s": statistics.median(our_rates),
-        "ratio": statistics.median(ratios),
-        "ratios": ratios,
+        "peer_samples_per_s": statistics.median(rates["peer"]),
+        "vaelib_samples_per_s": statistics.median(rates["vaelib"]),
+        "custom_samples_per_s": statistics.median(rates["custom"]),
+        "ratio": statistics.median(ratios["vaelib"]),
+        "ratios": ratios["vaelib"],
+        "custom_ratio": statistics.median(ratios["custom"]),
+        "custom_ratios": ratios["custom"],
         "repeats": repeats,
         "epochs_per_repeat": epochs,
     }
@@ -93,9 +128,7 @@ def float64_log_likelihood(model: vaelib.VAE, x: torch.Tensor, k: int, seed: int
     yardstick for the float32 rounding error of each implementation.
     """
     g = torch.Generator().manual_seed(seed)
-    wide = vaelib.VAE(model.x_dim, model.z_dim, hidden=model.hidden)
-    wide.load_state_dict(model.state_dict())
-    wide = wide.double()
+    wide = copy.deepcopy(model).double()
     out = []
     for start in range(0, x.shape[0], batch):
         xb = x[start : start + batch]
@@ -105,7 +138,7 @@ def float64_log_likelihood(model: vaelib.VAE, x: torch.Tensor, k: int, seed: int
             eps = torch.randn((min(k_chunk, k - s), *mu.shape), generator=g)
             z = mu + torch.exp(0.5 * logvar) * eps  # as in both implementations, then widened
             zd, epsd, lvd, xd = z.double(), eps.double(), logvar.double(), xb.double()
-            logits = wide.to_x(wide.decoder(zd))
+            logits = wide.decode(zd.reshape(-1, model.z_dim)).view(*zd.shape[:-1], model.x_dim)
             log_px_z = -torch.nn.functional.binary_cross_entropy_with_logits(
                 logits, xd.expand_as(logits), reduction="none").sum(-1)
             log_w.append(log_px_z - 0.5 * (zd.pow(2) - epsd.pow(2) - lvd).sum(-1))
@@ -114,7 +147,8 @@ def float64_log_likelihood(model: vaelib.VAE, x: torch.Tensor, k: int, seed: int
 
 
 def time_log_likelihood(model: vaelib.VAE, x_test: torch.Tensor, k: int, repeats: int) -> dict:
-    """vaelib.log_likelihood vs the straightforward reference on the same samples."""
+    """vaelib.log_likelihood vs the straightforward reference on the same samples (both through the
+    model's own encode and decode)."""
     from vaelib.iwae import _chunks
 
     batch, k_chunk = _chunks(model, x_test.shape[0], k)
@@ -122,7 +156,8 @@ def time_log_likelihood(model: vaelib.VAE, x_test: torch.Tensor, k: int, repeats
     def ref() -> torch.Tensor:
         g = torch.Generator().manual_seed(123)
         return reference_log_likelihood(
-            model.encode, lambda z: model.to_x(model.decoder(z)), x_test, k, g, batch, k_chunk
+            model.encode, lambda z: model.decode(z.reshape(-1, model.z_dim)).view(*z.shape[:-1], model.x_dim),
+            x_test, k, g, batch, k_chunk
         )
 
     def ours() -> torch.Tensor:
@@ -163,7 +198,8 @@ def equal_epoch_quality(x_train: torch.Tensor, x_test: torch.Tensor, epochs: int
     vaelib.fit(ours, x_train, epochs, batch_size=BATCH, lr=LR, seed=0, progress=False)
     # Score the peer with the same estimator by copying its weights into a vaelib.VAE.
     as_vae = vaelib.VAE(X_DIM, Z_DIM, hidden=(HIDDEN,))
-    pairs = [("encoder.0", "fc1"), ("to_mu", "fc21"), ("to_logvar", "fc22"), ("decoder.0", "fc3"), ("to_x", "fc4")]
+    pairs = [("encoder.body.0", "fc1"), ("encoder.to_mu", "fc21"), ("encoder.to_logvar", "fc22"),
+             ("decoder.body.0", "fc3"), ("decoder.to_x", "fc4")]
     state = {f"{a}.{p}": peer.state_dict()[f"{b}.{p}"] for a, b in pairs for p in ("weight", "bias")}
     as_vae.load_state_dict(state)
     g = lambda: torch.Generator().manual_seed(7)  # noqa: E731
@@ -228,12 +264,18 @@ def main() -> None:
     res["matmul_peak_gflops"] = matmul_peak_gflops()
     res["throughput"] = time_throughput(x_train, args.repeats, args.epochs)
     flops = train_flops_per_example()
-    for who in ("peer", "vaelib"):
+    for who in ("peer", "vaelib", "custom"):
         gf = res["throughput"][f"{who}_samples_per_s"] * flops / 1e9
         res["throughput"][f"{who}_gflops"] = gf
         res["throughput"][f"{who}_fraction_of_peak"] = gf / res["matmul_peak_gflops"]
     res["quality"], model = equal_epoch_quality(x_train, x_test, args.quality_epochs, args.k)
     res["log_likelihood"] = time_log_likelihood(model, x_test, args.k, repeats=5)
+    # The same trained weights in the learner's subclass: the general path, which must be exact.
+    custom = LearnersVAE()
+    custom.load_state_dict({k.replace("encoder.body.0", "encoder.hidden.0").replace("encoder.to_", "encoder.")
+                            .replace("decoder.body.0", "decoder.0").replace("decoder.to_x", "decoder.2"): v
+                            for k, v in model.state_dict().items()})
+    res["log_likelihood_custom"] = time_log_likelihood(custom, x_test, args.k, repeats=3)
     if args.book:
         res["book"] = book_build_times(res)
     print(report(res))
@@ -253,12 +295,15 @@ def _cpu_name() -> str:
 
 def report(r: dict) -> str:
     """The results as a Markdown table."""
-    t, q, ll = r["throughput"], r["quality"], r["log_likelihood"]
+    t, q, ll, llc = r["throughput"], r["quality"], r["log_likelihood"], r.get("log_likelihood_custom")
     spread = f" (repeats {min(t['ratios']):.2f}–{max(t['ratios']):.2f})"
     ll_spread = f", repeats {min(ll['time_ratios']):.2f}–{max(ll['time_ratios']):.2f}" if "time_ratios" in ll else ""
     rows = [
-        ("Training throughput (samples/s)", f"{t['peer_samples_per_s']:,.0f}", f"{t['vaelib_samples_per_s']:,.0f}",
-         f"{t['ratio']:.2f}×{spread}"),
+        ("Training throughput, built-in MLP (samples/s)", f"{t['peer_samples_per_s']:,.0f}",
+         f"{t['vaelib_samples_per_s']:,.0f}", f"{t['ratio']:.2f}×{spread}"),
+        ("Training throughput, custom subclass (samples/s)", f"{t['peer_samples_per_s']:,.0f}",
+         f"{t['custom_samples_per_s']:,.0f}",
+         f"{t['custom_ratio']:.2f}× (repeats {min(t['custom_ratios']):.2f}–{max(t['custom_ratios']):.2f})"),
         ("Achieved GFLOP/s (share of matmul peak)", f"{t['peer_gflops']:.1f} ({t['peer_fraction_of_peak']:.0%})",
          f"{t['vaelib_gflops']:.1f} ({t['vaelib_fraction_of_peak']:.0%})", ""),
         (f"Test −ELBO after {q['epochs']} epochs (nats)", f"{q['peer_test_neg_elbo']:.2f}", f"{q['vaelib_test_neg_elbo']:.2f}", ""),
@@ -268,6 +313,13 @@ def report(r: dict) -> str:
         ("log-likelihood: largest error vs float64 (nats)", f"{ll['reference_error_vs_float64']:.1e}",
          f"{ll['vaelib_error_vs_float64']:.1e}", ""),
     ]
+    if llc is not None:
+        rows += [
+            (f"log-likelihood K={llc['k']}, custom subclass (s)", f"{llc['reference_s']:.2f}", f"{llc['vaelib_s']:.2f}",
+             f"{llc['time_ratio']:.2f}× time (max diff {llc['max_abs_diff_nats']:.1e} nats)"),
+            ("custom subclass: largest error vs float64 (nats)", f"{llc['reference_error_vs_float64']:.1e}",
+             f"{llc['vaelib_error_vs_float64']:.1e}", ""),
+        ]
     lines = [
         f"Machine: {r['cpu']} ({r['machine']}), torch {r['torch']}, {r['threads']} threads; "
         f"float32 matmul peak {r['matmul_peak_gflops']:.0f} GFLOP/s; {r['date']}",

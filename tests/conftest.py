@@ -45,21 +45,21 @@ def _linear_vae(
         if encoder in ("exact", "near"):
             q, _ = torch.linalg.qr(torch.randn(x_dim, z_dim, generator=g, dtype=torch.float64))
             scales = 0.5 + 1.5 * torch.rand(z_dim, generator=g, dtype=torch.float64)
-            model.to_x.weight.copy_(q * scales)  # orthogonal columns: W^T W diagonal
-        model.to_x.bias.copy_(torch.randn(x_dim, generator=g, dtype=torch.float64))
+            model.decoder.to_x.weight.copy_(q * scales)  # orthogonal columns: W^T W diagonal
+        model.decoder.to_x.bias.copy_(torch.randn(x_dim, generator=g, dtype=torch.float64))
         model.obs_logvar.fill_(2 * math.log(sigma))
-        W, b = model.to_x.weight, model.to_x.bias
+        W, b = model.decoder.to_x.weight, model.decoder.to_x.bias
         if encoder in ("exact", "near"):
             m_diag = 1 + (W * W).sum(0) / sigma**2  # M = I + W^T W / sigma^2, diagonal
             A = (W / sigma**2 / m_diag).T  # M^{-1} W^T / sigma^2, (d, D)
-            model.to_mu.weight.copy_(A)
-            model.to_mu.bias.copy_(-(A @ b))
-            model.to_logvar.weight.zero_()
-            model.to_logvar.bias.copy_(-torch.log(m_diag))
+            model.encoder.to_mu.weight.copy_(A)
+            model.encoder.to_mu.bias.copy_(-(A @ b))
+            model.encoder.to_logvar.weight.zero_()
+            model.encoder.to_logvar.bias.copy_(-torch.log(m_diag))
             if encoder == "near":
-                model.to_mu.bias.add_(0.15)
-                model.to_logvar.bias.add_(0.4)
-    lg = LinearGaussian(model.to_x.weight.detach().clone(), model.to_x.bias.detach().clone(), sigma)
+                model.encoder.to_mu.bias.add_(0.15)
+                model.encoder.to_logvar.bias.add_(0.4)
+    lg = LinearGaussian(model.decoder.to_x.weight.detach().clone(), model.decoder.to_x.bias.detach().clone(), sigma)
     return model, lg
 
 

@@ -203,8 +203,14 @@ for a in ("x_dim", "z_dim"):
 _table("VAE", vaelib.VAE, good, "seed", bad_counts(minimum=0, optional=True))
 _table("VAE", vaelib.VAE, good, "hidden", [
     ("int hidden", 400, TypeError), ("string hidden", "400", TypeError), ("zero width", (4, 0), ValueError),
-    ("negative width", (-4,), ValueError), ("float width", (4.5,), TypeError), ("None hidden", None, TypeError),
+    ("negative width", (-4,), ValueError), ("float width", (4.5,), TypeError),
 ])
+_one("VAE", vaelib.VAE, {**good, "encoder": torch.nn.Linear(6, 4), "decoder": torch.nn.Linear(2, 6)}, "hidden",
+     "hidden with both modules given", (4,), ValueError)
+for a in ("encoder", "decoder"):
+    _table("VAE", vaelib.VAE, good, a, [("function module", lambda t: t, TypeError), ("int module", 3, TypeError)])
+_table("VAE", vaelib.VAE, good, "device", [("dtype device", torch.float64, TypeError),
+                                          ("unknown option", "nowhere", ValueError)])
 _table("VAE", vaelib.VAE, good, "likelihood", [("unknown option", "poisson", ValueError), ("None option", None,
                                                                                            ValueError)])
 
@@ -215,9 +221,17 @@ for model in (BERN, GAUSS):
          TypeError)
     _table("VAE.forward", lambda x, m=model: m(x), {"x": XB}, "x", bad_tensors(XB))
     _table("VAE.check_x", lambda x, m=model: m.check_x(x), {"x": XB}, "x", bad_tensors(XB))
+    _table("VAE.check_data", lambda x, m=model: m.check_data(x), {"x": XB}, "x", bad_tensors(XB))
+    _one("VAE.check_data", lambda x, m=model: m.check_data(x), {"x": XB}, "x", f"float64 data ({name})",
+         XB.double(), TypeError)
     z = torch.zeros(3, 2)
+    # decode passes NaN/inf codes through on purpose (a diverged encoder's loss must come out non-finite).
     _table("VAE.decode", lambda z, m=model: m.decode(z), {"z": z}, "z", bad_tensors(z, rank=False, empty=False,
-                                                                                   scalar=True))
+                                                                                   scalar=True, finite=False))
+    _table("VAE.check_z", lambda z, m=model: m.check_z(z), {"z": z}, "z", bad_tensors(z, rank=False, empty=False,
+                                                                                     scalar=True))
+    _one("VAE.check_z", lambda z, m=model: m.check_z(z), {"z": z}, "z", f"float64 codes ({name})", z.double(),
+         TypeError)
     _one("VAE.decode", lambda z, m=model: m.decode(z), {"z": z}, "z", f"float64 codes ({name})", z.double(),
          TypeError)
     _table("VAE.mean", lambda z, m=model: m.mean(z), {"z": z}, "z", bad_tensors(z, rank=False, empty=False))
@@ -229,6 +243,10 @@ for model in (BERN, GAUSS):
     _one("VAE.log_px_z", fn, good, "z", f"float64 codes ({name})", torch.zeros(5, 2, dtype=torch.float64),
          TypeError)
 _one("VAE.check_x", BERN.check_x, {"x": XB}, "x", "grey levels for a Bernoulli model", XG, ValueError)
+_table("VAE.linear_gaussian_parameters", lambda model: model.linear_gaussian_parameters(), {"model": GAUSS},
+       "model", [("a Bernoulli VAE", vaelib.VAE(6, 2, hidden=(), seed=0), ValueError),
+                 ("a nonlinear Gaussian VAE", vaelib.VAE(6, 2, hidden=(4,), likelihood="gaussian", seed=0),
+                  ValueError)])
 _one("VAE.log_px_z", BERN.log_px_z, {"x": XB, "z": torch.zeros(5, 2)}, "x", "grey levels for a Bernoulli model",
      XG, ValueError)
 
@@ -549,7 +567,8 @@ _BROAD = {  # class of bad input -> the kinds of the table it holds
         "list", "numpy array", "int tensor", "float count", "string count", "bool count", "None count",
         "string number", "None number", "None model", "torch module model", "a VAE model", "int generator",
         "numpy generator", "int path", "None path", "bytes path", "not callable", "not a distribution",
-        "int hidden", "string hidden", "float width", "None hidden", "int option", "int dtype", "string dtype"},
+        "int hidden", "string hidden", "float width", "int option", "int dtype", "string dtype", "function module",
+        "int module", "dtype device"},
     "float32/float64 data unlike the model's dtype": {
         "float64 data for a float32 model", "float64 data (bernoulli)", "float64 data (gaussian)",
         "float64 codes (bernoulli)", "float64 codes (gaussian)", "float32 codes for a float64 model",
@@ -569,7 +588,8 @@ _BROAD = {  # class of bad input -> the kinds of the table it holds
         "batch of z unlike x's (gaussian)", "rows unlike x's", "a model with z_dim=3", "a Bernoulli VAE"},
     "unknown option or impossible setting": {
         "unknown option", "None option", "string option", "early stopping without validation data", "missing folder",
-        "not differentiable", "not positive definite", "not symmetric"},
+        "not differentiable", "not positive definite", "not symmetric", "hidden with both modules given",
+        "a nonlinear Gaussian VAE"},
 }
 
 

@@ -84,11 +84,11 @@ def _moved_parameters(model: VAE, a: torch.Tensor, b: torch.Tensor) -> dict[str,
     """The proof's path: code z_j becomes a_j z_j + b_j (``a, b: (z_dim,)``), and the decoder's first
     linear layer undoes it, W'(a z + b) + c' = W z + c."""
     params = dict(model.named_parameters())
-    first = "decoder.0" if model.hidden else "to_x"  # the decoder's first linear layer
+    first = "decoder.body.0" if model.hidden else "decoder.to_x"  # the decoder's first linear layer
     new = dict(params)
-    new["to_mu.weight"] = params["to_mu.weight"] * a.unsqueeze(1)
-    new["to_mu.bias"] = params["to_mu.bias"] * a + b
-    new["to_logvar.bias"] = params["to_logvar.bias"] + 2 * torch.log(a)
+    new["encoder.to_mu.weight"] = params["encoder.to_mu.weight"] * a.unsqueeze(1)
+    new["encoder.to_mu.bias"] = params["encoder.to_mu.bias"] * a + b
+    new["encoder.to_logvar.bias"] = params["encoder.to_logvar.bias"] + 2 * torch.log(a)
     w = params[f"{first}.weight"]  # (h, z_dim)
     new[f"{first}.weight"] = w / a
     new[f"{first}.bias"] = params[f"{first}.bias"] - w @ (b / a)
@@ -111,9 +111,9 @@ class _FixedNoiseTerms(torch.nn.Module):
         self.m = model
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor):
-        mu, logvar = self.m._encode(x)
+        mu, logvar = self.m.encode(x)
         z = mu + torch.exp(0.5 * logvar) * eps
-        return self.m._log_px_z(x, z), vaelib.gaussian_kl(mu, logvar), mu, logvar
+        return self.m.log_px_z(x, z), vaelib.gaussian_kl(mu, logvar), mu, logvar
 
 
 def _fixed_noise_terms(model: VAE, params: dict, x: torch.Tensor, eps: torch.Tensor):
@@ -173,8 +173,8 @@ def test_the_moment_gain_is_exact_and_the_best_point_matches_the_prior(seed, z_d
     has E[mu_j] = 0 and E[mu_j^2 + sigma_j^2] = 1 exactly."""
     model = VAE(10, z_dim, hidden=hidden, seed=seed).double()
     with torch.no_grad():  # move the encoder away from the prior's moments, so the gain is not tiny
-        model.to_mu.bias.add_(torch.linspace(-1, 1, z_dim, dtype=torch.float64))
-        model.to_logvar.bias.add_(torch.linspace(-1.5, 0.5, z_dim, dtype=torch.float64))
+        model.encoder.to_mu.bias.add_(torch.linspace(-1, 1, z_dim, dtype=torch.float64))
+        model.encoder.to_logvar.bias.add_(torch.linspace(-1.5, 0.5, z_dim, dtype=torch.float64))
     x = _binary_data(50, 10, seed).double()
     eps = torch.randn(50, z_dim, generator=_gen(seed), dtype=torch.float64)
     params = {k: v.detach() for k, v in model.named_parameters()}

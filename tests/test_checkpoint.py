@@ -19,7 +19,7 @@ def _gen(seed: int) -> torch.Generator:
 
 
 def _x(model: VAE, n: int = 5) -> torch.Tensor:
-    x = torch.rand(n, model.x_dim, generator=_gen(0), dtype=model.to_mu.weight.dtype)
+    x = torch.rand(n, model.x_dim, generator=_gen(0), dtype=model.dtype)
     return (x < 0.5).to(x.dtype) if model.likelihood == "bernoulli" else x
 
 
@@ -37,7 +37,7 @@ def trained():
 def test_round_trip_gives_identical_outputs(tmp_path, likelihood, hidden):
     model = VAE(6, 2, hidden=hidden, likelihood=likelihood, seed=0)
     with torch.no_grad():
-        model.to_logvar.bias.fill_(-0.3)
+        model.encoder.to_logvar.bias.fill_(-0.3)
         if likelihood == "gaussian":
             model.obs_logvar.fill_(-1.2)
     path = tmp_path / "model.pt"
@@ -58,7 +58,7 @@ def test_round_trip_keeps_float64(tmp_path, linear_vae):
     model, _ = linear_vae()
     save(model, tmp_path / "m.pt")
     loaded = load(str(tmp_path / "m.pt"), device="cpu")
-    assert loaded.to_mu.weight.dtype == torch.float64
+    assert loaded.encoder.to_mu.weight.dtype == torch.float64
     x = _x(model)
     assert torch.equal(elbo(model, x, generator=_gen(0)).elbo, elbo(loaded, x, generator=_gen(0)).elbo)
 
@@ -67,7 +67,8 @@ def test_checkpoint_records_format_version_and_config(tmp_path, trained):
     path = tmp_path / "m.pt"
     save(trained, path)
     payload = torch.load(path, weights_only=True)
-    assert payload["format"] == "vaelib-checkpoint" and payload["format_version"] == 1
+    assert payload["format"] == "vaelib-checkpoint" and payload["format_version"] == 2
+    assert payload["class"] == "vaelib.model.VAE" and payload["builtin"] is True
     assert payload["vaelib_version"] == vaelib.__version__
     assert payload["config"] == {"x_dim": 6, "z_dim": 2, "hidden": [5], "likelihood": "gaussian"}
     assert set(payload["state_dict"]) == set(trained.state_dict())
@@ -77,7 +78,7 @@ def test_save_overwrites_and_leaves_no_temporary_file(tmp_path, trained):
     path = tmp_path / "m.pt"
     save(VAE(6, 2, hidden=(5,), likelihood="gaussian"), path)
     save(trained, path)
-    assert torch.equal(load(path).to_x.weight, trained.to_x.weight)
+    assert torch.equal(load(path).decoder.to_x.weight, trained.decoder.to_x.weight)
     assert os.listdir(tmp_path) == ["m.pt"]
 
 
@@ -100,7 +101,7 @@ def test_an_interrupted_save_keeps_the_previous_checkpoint(tmp_path, trained, mo
         save(other, path)
     monkeypatch.undo()
     assert path.read_bytes() == before
-    assert torch.equal(load(path).to_x.weight, trained.to_x.weight)
+    assert torch.equal(load(path).decoder.to_x.weight, trained.decoder.to_x.weight)
     assert os.listdir(tmp_path) == ["m.pt"]  # no temporary file left behind
 
 
@@ -138,7 +139,9 @@ def test_load_never_executes_code(tmp_path, container):
     path = tmp_path / "evil.pt"
     evil = {
         "format": "vaelib-checkpoint",
-        "format_version": 1,
+        "format_version": 2,
+        "class": "vaelib.model.VAE",
+        "builtin": True,
         "config": {"x_dim": 6, "z_dim": 2, "hidden": [], "likelihood": "bernoulli"},
         "state_dict": _Marker(marker),
     }
@@ -183,8 +186,10 @@ def test_foreign_files_are_rejected(tmp_path):
 def _payload(model: VAE) -> dict:
     return {
         "format": "vaelib-checkpoint",
-        "format_version": 1,
+        "format_version": 2,
         "vaelib_version": vaelib.__version__,
+        "class": "vaelib.model.VAE",
+        "builtin": True,
         "config": model.config,
         "state_dict": model.state_dict(),
     }
@@ -199,31 +204,34 @@ def test_malformed_checkpoints_are_rejected_with_a_reason(tmp_path, trained):
             load(path)
 
     p = _payload(trained)
-    rejected({**p, "format_version": 2}, "checkpoint format 2")
+    rejected({**p, "format_version": 1}, "checkpoint format 1, this vaelib reads 2")
+    rejected({**p, "builtin": "yes"}, "does not say what model it holds")
+    rejected({**p, "class": None}, "does not say what model it holds")
+    rejected({**p, "builtin": False}, "invalid model configuration")  # a custom model records no hidden
     rejected({**p, "config": None}, "lacks a model configuration")
     rejected({**p, "config": {**p["config"], "seed": 3}}, "invalid model configuration")
     rejected({**p, "config": {**p["config"], "device": "cuda:7"}}, "invalid model configuration")
     rejected({**p, "config": {**p["config"], "hidden": "abc"}}, "invalid model configuration")
     rejected({**p, "config": {**p["config"], "likelihood": "poisson"}}, "invalid model configuration")
     state = dict(p["state_dict"])
-    del state["to_mu.bias"]
-    rejected({**p, "state_dict": state}, r"missing \['to_mu.bias'\]")
+    del state["encoder.to_mu.bias"]
+    rejected({**p, "state_dict": state}, r"missing \['encoder.to_mu.bias'\]")
     rejected({**p, "state_dict": {**p["state_dict"], 7: torch.zeros(1)}}, "unexpected")
-    rejected({**p, "state_dict": {**p["state_dict"], "to_mu.bias": [0.0, 0.0]}}, "parameter to_mu.bias")
+    rejected({**p, "state_dict": {**p["state_dict"], "encoder.to_mu.bias": [0.0, 0.0]}}, "encoder.to_mu.bias")
 
 
 def test_another_architecture_is_rejected(tmp_path, trained):
     # A parameter of another shape than the declared architecture's.
     p = _payload(trained)
-    p["state_dict"] = {**p["state_dict"], "to_x.weight": torch.zeros(6, 7)}
+    p["state_dict"] = {**p["state_dict"], "decoder.to_x.weight": torch.zeros(6, 7)}
     torch.save(p, tmp_path / "m.pt")
-    with pytest.raises(ValueError, match=r"parameter to_x.weight has shape torch.Size\(\[6, 7\]\), .*needs \(6, 5\)"):
+    with pytest.raises(ValueError, match=r"parameter decoder.to_x.weight has shape torch.Size\(\[6, 7\]\), .*needs \(6, 5\)"):
         load(tmp_path / "m.pt")
     # The parameters of a model with 5 hidden units declared as one with 4: the shapes do not fit.
     p = _payload(trained)
     p["config"] = {**p["config"], "hidden": [4]}
     torch.save(p, tmp_path / "m.pt")
-    with pytest.raises(ValueError, match=r"parameter encoder.0.weight has shape .*needs \(4, 6\)"):
+    with pytest.raises(ValueError, match=r"parameter encoder.body.0.weight has shape .*needs \(4, 6\)"):
         load(tmp_path / "m.pt")
     # A huge declared architecture is refused from the shapes alone, without allocating it.
     p["config"] = {**p["config"], "x_dim": 10**9, "hidden": [10**6]}

@@ -74,12 +74,12 @@ def test_same_seed_same_results_in_one_process():
 def test_different_seeds_differ():
     a = vaelib.VAE(16, 2, hidden=(8,), seed=7)
     b = vaelib.VAE(16, 2, hidden=(8,), seed=8)
-    assert not torch.equal(a.to_mu.weight, b.to_mu.weight)
+    assert not torch.equal(a.encoder.to_mu.weight, b.encoder.to_mu.weight)
     x = (torch.rand(32, 16, generator=torch.Generator().manual_seed(0)) < 0.5).float()
     vaelib.fit(a, x, 1, seed=1, progress=False)
     c = vaelib.VAE(16, 2, hidden=(8,), seed=7)
     vaelib.fit(c, x, 1, seed=2, progress=False)
-    assert not torch.equal(a.to_mu.weight, c.to_mu.weight)  # fit's seed matters too
+    assert not torch.equal(a.encoder.to_mu.weight, c.encoder.to_mu.weight)  # fit's seed matters too
 
 
 def test_same_seed_same_results_across_processes():

@@ -146,7 +146,7 @@ def test_rejects_bad_arguments(bernoulli_model):
 def test_active_units_against_a_direct_computation(bernoulli_model):
     model, x = bernoulli_model
     with torch.no_grad():
-        model.to_mu.weight[1].zero_()  # unit 1's mean no longer depends on x: inactive
+        model.encoder.to_mu.weight[1].zero_()  # unit 1's mean no longer depends on x: inactive
     units = vaelib.active_units(model, x, threshold=0.01, batch_size=5)
     mu, logvar = model.encode(x)
     mu, logvar = mu.detach().double(), logvar.detach().double()

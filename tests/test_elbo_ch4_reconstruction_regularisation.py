@@ -69,7 +69,7 @@ def test_a_unit_wired_to_the_prior_is_collapsed_and_inactive(model_and_data):
     """Zero weights and biases into unit 2: mu = 0 and log sigma^2 = 0 for every x, i.e. q(z_2|x) = p(z_2)."""
     model, x = model_and_data
     with torch.no_grad():
-        for layer in (model.to_mu, model.to_logvar):
+        for layer in (model.encoder.to_mu, model.encoder.to_logvar):
             layer.weight[2].zero_()
             layer.bias[2].zero_()
     units = active_units(model, x)
@@ -81,13 +81,13 @@ def test_a_unit_that_copies_a_pixel_is_active(model_and_data):
     """A unit whose mean is (a multiple of) one pixel varies as much as that pixel does."""
     model, x = model_and_data
     with torch.no_grad():
-        for layer in (model.to_mu, model.to_logvar):
+        for layer in (model.encoder.to_mu, model.encoder.to_logvar):
             layer.weight.zero_()
             layer.bias.zero_()
-        model.encoder[0].weight.zero_()
-        model.encoder[0].bias.zero_()
-        model.encoder[0].weight[0, 3] = 1.0  # hidden unit 0 = relu(x_3) = x_3 for binary x
-        model.to_mu.weight[1, 0] = 2.0  # mu_1 = 2 x_3
+        model.encoder.body[0].weight.zero_()
+        model.encoder.body[0].bias.zero_()
+        model.encoder.body[0].weight[0, 3] = 1.0  # hidden unit 0 = relu(x_3) = x_3 for binary x
+        model.encoder.to_mu.weight[1, 0] = 2.0  # mu_1 = 2 x_3
     units = active_units(model, x)
     p = x[:, 3].mean()
     torch.testing.assert_close(units.variance[1], 4 * p * (1 - p), rtol=1e-5, atol=1e-7)

@@ -173,7 +173,7 @@ def _trained_like(likelihood: str, dtype: torch.dtype, x_dim: int = 12) -> VAE:
     """A model whose posteriors are narrow, as after training: most hidden units keep their sign."""
     model = VAE(x_dim, 3, hidden=(16,), likelihood=likelihood, seed=3).to(dtype)
     with torch.no_grad():
-        model.to_logvar.bias.fill_(-4.0)  # sigma ~ 0.14
+        model.encoder.to_logvar.bias.fill_(-4.0)  # sigma ~ 0.14
     return model
 
 
@@ -217,7 +217,7 @@ def test_folding_is_exact_for_the_decoder_itself_whatever_the_split(dense_fracti
     folder = vaelib.iwae._Folder(model)
     z, mu, logvar = _samples()
     (plan,) = folder.plans(mu, logvar)
-    pre = z @ model.decoder[0].weight.t() + model.decoder[0].bias
+    pre = z @ model.decoder.body[0].weight.t() + model.decoder.body[0].bias
     varies = ((pre > 0).any(0) & (pre <= 0).any(0)).sum()
     assert 0 < varies < 16  # some units keep their sign, some do not: every part of the product is used
     torch.testing.assert_close(folder.decode(z, plan), model.decode(z), rtol=0, atol=1e-12)
@@ -229,7 +229,7 @@ def test_plans_group_units_by_their_expected_share_of_sign_changes():
     model = _trained_like("bernoulli", torch.float64)
     mu = torch.randn(5, 3, generator=_gen(3), dtype=torch.float64)
     logvar = torch.randn(5, 3, generator=_gen(4), dtype=torch.float64) - 3
-    weight, bias = model.decoder[0].weight, model.decoder[0].bias
+    weight, bias = model.decoder.body[0].weight, model.decoder.body[0].bias
     normal = torch.distributions.Normal(0.0, 1.0)
     for plan, m, lv in zip(vaelib.iwae._Folder(model).plans(mu, logvar), mu, logvar):
         center = weight @ m + bias
@@ -261,7 +261,7 @@ def test_sum_log1p_exp2_is_the_softplus_sum(n):
 def test_folded_likelihood_recomputes_rows_that_overflow(binary_data):
     model = _trained_like("bernoulli", torch.float32, x_dim=40)
     with torch.no_grad():
-        model.to_x.weight.mul_(60.0)  # logits of hundreds: confidently wrong pixels, products overflow
+        model.decoder.to_x.weight.mul_(60.0)  # logits of hundreds: confidently wrong pixels, products overflow
     x = binary_data(1, 40, seed=6)
     mu, logvar = model.encode(x)
     z = mu + (0.5 * logvar).exp() * torch.randn(200, 3, generator=_gen(7))

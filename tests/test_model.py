@@ -41,23 +41,24 @@ def test_shapes(hidden, likelihood):
 @pytest.mark.parametrize("hidden", HIDDEN)
 def test_architecture_follows_hidden_and_mirrors_the_decoder(hidden):
     model = VAE(6, 3, hidden=hidden, seed=0)
-    enc = [m.out_features for m in model.encoder if isinstance(m, nn.Linear)]
-    dec = [m.out_features for m in model.decoder if isinstance(m, nn.Linear)]
+    enc = [m.out_features for m in model.encoder.body if isinstance(m, nn.Linear)]
+    dec = [m.out_features for m in model.decoder.body if isinstance(m, nn.Linear)]
     assert enc == list(hidden)
     assert dec == list(reversed(hidden))
-    assert sum(isinstance(m, nn.ReLU) for m in model.encoder) == len(hidden)
-    assert (model.to_mu.out_features, model.to_logvar.out_features, model.to_x.out_features) == (3, 3, 6)
+    assert sum(isinstance(m, nn.ReLU) for m in model.encoder.body) == len(hidden)
+    enc_m, dec_m = model.encoder, model.decoder
+    assert (enc_m.to_mu.out_features, enc_m.to_logvar.out_features, dec_m.to_x.out_features) == (3, 3, 6)
 
 
 def test_linear_vae_is_affine():
     model = VAE(5, 2, hidden=(), likelihood="gaussian", seed=0)
-    assert len(model.encoder) == len(model.decoder) == 0
+    assert len(model.encoder.body) == len(model.decoder.body) == 0
     g = torch.Generator().manual_seed(1)
     x, z = torch.rand(3, 5, generator=g), torch.randn(3, 2, generator=g)
     mu, logvar = model.encode(x)
-    torch.testing.assert_close(mu, x @ model.to_mu.weight.T + model.to_mu.bias)
-    torch.testing.assert_close(logvar, x @ model.to_logvar.weight.T + model.to_logvar.bias)
-    torch.testing.assert_close(model.decode(z), z @ model.to_x.weight.T + model.to_x.bias)
+    torch.testing.assert_close(mu, x @ model.encoder.to_mu.weight.T + model.encoder.to_mu.bias)
+    torch.testing.assert_close(logvar, x @ model.encoder.to_logvar.weight.T + model.encoder.to_logvar.bias)
+    torch.testing.assert_close(model.decode(z), z @ model.decoder.to_x.weight.T + model.decoder.to_x.bias)
     torch.testing.assert_close(model.mean(z), model.decode(z))
 
 
@@ -113,7 +114,7 @@ def test_seed_gives_identical_initialisation_and_leaves_the_global_generator_alo
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(p, q), name
     c = VAE(6, 2, hidden=(4,), seed=4)
-    assert not torch.equal(a.to_mu.weight, c.to_mu.weight)
+    assert not torch.equal(a.encoder.to_mu.weight, c.encoder.to_mu.weight)
 
 
 def test_no_seed_uses_the_global_generator():
@@ -121,7 +122,7 @@ def test_no_seed_uses_the_global_generator():
     a = VAE(6, 2, hidden=(4,))
     torch.manual_seed(11)
     b = VAE(6, 2, hidden=(4,))
-    assert torch.equal(a.to_x.weight, b.to_x.weight)
+    assert torch.equal(a.decoder.to_x.weight, b.decoder.to_x.weight)
 
 
 def test_device_argument_on_cpu():

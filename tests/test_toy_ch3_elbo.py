@@ -39,8 +39,8 @@ def test_from_vae_copies_and_detaches():
     lg = LinearGaussian.from_vae(vae, dtype=torch.float32)
     assert lg.W.dtype == torch.float32 and not lg.W.requires_grad
     with torch.no_grad():
-        vae.to_x.weight.add_(1.0)
-    assert not torch.allclose(lg.W, vae.to_x.weight)
+        vae.decoder.to_x.weight.add_(1.0)
+    assert not torch.allclose(lg.W, vae.decoder.to_x.weight)
 
 
 def test_from_vae_rejects_other_models():

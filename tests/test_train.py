@@ -24,42 +24,51 @@ def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-class _Calls(list):
-    """(batch, beta) of each step of fit; ``terms`` holds the ELBOTerms each step computed."""
+class Recording(VAE):
+    """A learner's subclass that records every batch its encoder is given during training.
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.terms: list[vaelib.ELBOTerms] = []
+    It overrides the public ``encode`` (so ``fit`` trains it with autograd, through the same loop as any
+    model) and observes what ``fit`` feeds it: public behaviour only.
+    """
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches: list[torch.Tensor] = []
 
-@pytest.fixture
-def record_batches(monkeypatch):
-    """Replace fit's ELBO-and-gradient step with a wrapper that records each step's batch, beta and terms."""
-    calls = _Calls()
-    original = vaelib.train._elbo_backward
-
-    def recording(model, xb, n_samples, beta, generator):
-        terms = original(model, xb, n_samples, beta, generator)
-        calls.append((xb.detach().clone(), beta))
-        calls.terms.append(terms)
-        return terms
-
-    monkeypatch.setattr(vaelib.train, "_elbo_backward", recording)
-    return calls
+    def encode(self, x):
+        if self.training:
+            self.batches.append(x.detach().clone())
+        return super().encode(x)
 
 
-@pytest.fixture
-def record_steps(monkeypatch):
-    """Snapshots of fit's parameters after each Adam step."""
-    snapshots: list[list[torch.Tensor]] = []
-    original = vaelib.train._Adam.step
+def _reference_fit(model, x, epochs, *, batch_size, lr=1e-3, beta=1.0, warmup_epochs=0.0, cosine=False,
+                   n_samples=1, seed=0, steps=None):
+    """fit written as the plain PyTorch loop of chapter 5 (binary data: no binarisation)."""
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    n = x.shape[0]
+    per_epoch = math.ceil(n / batch_size)
+    total, warm = epochs * per_epoch, warmup_epochs * per_epoch
+    step = 0
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=g)
+        for start in range(0, n, batch_size):
+            if steps is not None and step == steps:
+                return model
+            beta_t = beta if warm == 0 else beta * min(1.0, (step + 1) / warm)
+            opt.param_groups[0]["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / total)) if cosine else lr
+            terms = elbo(model, x[perm[start : start + batch_size]], n_samples, beta_t, g)
+            opt.zero_grad()
+            (-terms.objective.mean()).backward()
+            opt.step()
+            step += 1
+    return model
 
-    def recording(self, lr):
-        original(self, lr)
-        snapshots.append([p.detach().clone() for p in self.params])
 
-    monkeypatch.setattr(vaelib.train._Adam, "step", recording)
-    return snapshots
+def _close(a: VAE, b: VAE, tol: float = 1e-12) -> None:
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        torch.testing.assert_close(pa, pb, rtol=tol, atol=tol, msg=name)
 
 
 def test_history_lengths_and_improvement(binary_data):
@@ -86,22 +95,36 @@ def test_no_validation_data(binary_data):
     assert h.valid_elbo == [] and h.best_epoch is None
 
 
-def test_an_epoch_visits_every_example_once_and_reports_mean_terms(binary_data, record_batches):
+def test_an_epoch_visits_every_example_once_and_reports_mean_terms(binary_data):
     x = binary_data(40, 12)
-    h = fit(VAE(12, 2, hidden=(), seed=0), x, 2, batch_size=16, progress=False)
-    assert [xb.shape[0] for xb, _ in record_batches] == [16, 16, 8] * 2
+    model = Recording(12, 2, hidden=(), seed=0)
+    h = fit(model, x, 2, batch_size=16, progress=False)
+    assert [xb.shape[0] for xb in model.batches] == [16, 16, 8] * 2
     for epoch in range(2):
-        seen = torch.cat([xb for xb, _ in record_batches[3 * epoch : 3 * epoch + 3]])
+        seen = torch.cat(model.batches[3 * epoch : 3 * epoch + 3])
         assert sorted(map(tuple, seen.tolist())) == sorted(map(tuple, x.tolist()))
-        terms = record_batches.terms[3 * epoch : 3 * epoch + 3]
-        # History holds the mean over the epoch's examples (not the mean of the batch means).
-        assert h.train_elbo[epoch] == pytest.approx(float(sum(t.elbo.detach().sum() for t in terms)) / 40, rel=1e-6)
-        assert h.train_kl[epoch] == pytest.approx(float(sum(t.kl.detach().sum() for t in terms)) / 40, rel=1e-6)
-    first = torch.cat([xb for xb, _ in record_batches[:3]])
-    assert not torch.equal(first, torch.cat([xb for xb, _ in record_batches[3:]]))  # reshuffled
+    first = torch.cat(model.batches[:3])
+    assert not torch.equal(first, torch.cat(model.batches[3:]))  # reshuffled
+    # History holds the mean over the epoch's examples (not the mean of the batch means): replay the
+    # last epoch's batches with the plain loop's noise, at the parameters each step saw.
+    replay = Recording(12, 2, hidden=(), seed=0)
+    g = torch.Generator().manual_seed(0)
+    opt = torch.optim.Adam(replay.parameters(), lr=1e-3)
+    sums = [0.0, 0.0]
+    for epoch in range(2):
+        torch.randperm(40, generator=g)  # fit's shuffle draws first
+        elbo_sum = kl_sum = 0.0
+        for xb in model.batches[3 * epoch : 3 * epoch + 3]:
+            t = elbo(replay, xb, 1, 1.0, g)
+            elbo_sum, kl_sum = elbo_sum + float(t.elbo.detach().sum()), kl_sum + float(t.kl.detach().sum())
+            opt.zero_grad()
+            (-t.objective.mean()).backward()
+            opt.step()
+        assert h.train_elbo[epoch] == pytest.approx(elbo_sum / 40, rel=1e-5)
+        assert h.train_kl[epoch] == pytest.approx(kl_sum / 40, rel=1e-5)
 
 
-def test_early_stopping_restores_the_best_parameters(binary_data, record_steps):
+def test_early_stopping_restores_the_best_parameters(binary_data):
     # Validation data unlike the training data: fitting the training set makes the validation ELBO fall.
     train = binary_data(64, 12)
     valid = 1 - train[:32]
@@ -114,13 +137,14 @@ def test_early_stopping_restores_the_best_parameters(binary_data, record_steps):
     g = torch.Generator().manual_seed(1 + 1)
     v = float(elbo(model, valid, generator=g).elbo.mean().detach())
     assert v == pytest.approx(h.valid_elbo[h.best_epoch - 1], rel=1e-5, abs=1e-5)
-    # ... and they are the parameters after the best epoch's last step, not the final ones.
-    steps_per_epoch = 4
-    best = record_steps[h.best_epoch * steps_per_epoch - 1]
-    final = record_steps[-1]
-    got = [p.detach() for p in model.parameters()]
-    assert all(torch.equal(a, b) for a, b in zip(got, best))
-    assert not all(torch.equal(a, b) for a, b in zip(got, final))
+    # ... and they are the parameters after the best epoch's last step (the same training, stopped
+    # there), not the final ones.
+    again = VAE(12, 2, hidden=(16,), seed=0)
+    fit(again, train, h.best_epoch, valid=valid, batch_size=16, lr=1e-2, seed=1, progress=False)
+    assert _same(_params(model), _params(again))
+    longer = VAE(12, 2, hidden=(16,), seed=0)
+    fit(longer, train, h.epochs, valid=valid, batch_size=16, lr=1e-2, seed=1, progress=False)
+    assert not _same(_params(model), _params(longer))
 
 
 def test_patience_needs_validation_data(binary_data):
@@ -128,14 +152,16 @@ def test_patience_needs_validation_data(binary_data):
         fit(VAE(12, 2, hidden=()), binary_data(8, 12), 2, patience=1, progress=False)
 
 
-def test_kl_warmup_schedule(binary_data, record_batches):
+def test_kl_warmup_schedule(binary_data):
     x = binary_data(32, 12)
-    h = fit(VAE(12, 2, hidden=(), seed=0), x, 6, batch_size=8, beta=2.0, warmup_epochs=4, progress=False)
-    # beta_t = beta * min(1, step / warmup_steps), steps counted from 1; 4 steps per epoch.
-    betas = [b for _, b in record_batches]
-    expected = [2.0 * min(1.0, s / 16) for s in range(1, 25)]
-    assert betas == pytest.approx(expected, rel=1e-12)
+    model = VAE(12, 2, hidden=(5,), seed=0).double()
+    h = fit(model, x.double(), 6, batch_size=8, beta=2.0, warmup_epochs=4, progress=False)
     assert h.beta == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0, 2.0], rel=1e-12)
+    # beta_t = beta * min(1, step / warmup_steps), steps counted from 1: the plain loop with that schedule
+    # gives the same parameters.
+    ref = _reference_fit(VAE(12, 2, hidden=(5,), seed=0).double(), x.double(), 6, batch_size=8, beta=2.0,
+                         warmup_epochs=4)
+    _close(model, ref)
 
 
 def test_cosine_schedule_anneals_the_learning_rate_to_zero(binary_data):
@@ -153,38 +179,42 @@ def _is_binary(t: torch.Tensor) -> bool:
     return bool(((t == 0) | (t == 1)).all())
 
 
-def test_binarize_default_for_a_bernoulli_model_on_grey_data(record_batches):
+def test_binarize_default_for_a_bernoulli_model_on_grey_data():
     grey = torch.rand(24, 12, generator=torch.Generator().manual_seed(0))
     grey[:, 0], grey[:, 1] = 0.0, 1.0
-    a = VAE(12, 2, hidden=(), seed=0)
-    fit(a, grey, 3, batch_size=8, progress=False)
-    batches = [xb for xb, _ in record_batches]
+    recorder = Recording(12, 2, hidden=(), seed=0)
+    fit(recorder, grey, 3, batch_size=8, progress=False)
+    batches = recorder.batches
     assert all(_is_binary(xb) for xb in batches)
     assert all(bool((xb[:, 0] == 0).all() and (xb[:, 1] == 1).all()) for xb in batches)
     # A fresh binarisation every epoch: an epoch's images differ from the previous epoch's.
     epochs = [torch.cat(batches[i : i + 3]).sum(0) for i in (0, 3, 6)]
     assert not torch.equal(epochs[0], epochs[1])
     # binarize=None is binarize=True here: bit-identical parameters.
+    a = VAE(12, 2, hidden=(), seed=0)
+    fit(a, grey, 3, batch_size=8, progress=False)
     b = VAE(12, 2, hidden=(), seed=0)
     fit(b, grey, 3, batch_size=8, binarize=True, progress=False)
     assert _same(_params(a), _params(b))
 
 
-def test_binary_data_is_not_binarised_again(binary_data, record_batches):
+def test_binary_data_is_not_binarised_again(binary_data):
     x = binary_data(24, 12)
-    fit(VAE(12, 2, hidden=(), seed=0), x, 1, batch_size=8, progress=False)
-    seen = torch.cat([xb for xb, _ in record_batches])
+    recorder = Recording(12, 2, hidden=(), seed=0)
+    fit(recorder, x, 1, batch_size=8, progress=False)
+    seen = torch.cat(recorder.batches)
     perm = torch.randperm(24, generator=torch.Generator().manual_seed(0))
     assert torch.equal(seen, x[perm])
 
 
-def test_gaussian_model_keeps_grey_levels_unless_asked(record_batches):
+def test_gaussian_model_keeps_grey_levels_unless_asked():
     grey = torch.rand(16, 12, generator=torch.Generator().manual_seed(0))
-    fit(VAE(12, 2, hidden=(), likelihood="gaussian", seed=0), grey, 1, batch_size=8, progress=False)
-    assert not any(_is_binary(xb) for xb, _ in record_batches)
-    record_batches.clear()
-    fit(VAE(12, 2, hidden=(), likelihood="gaussian", seed=0), grey, 1, batch_size=8, binarize=True, progress=False)
-    assert all(_is_binary(xb) for xb, _ in record_batches)
+    a = Recording(12, 2, hidden=(), likelihood="gaussian", seed=0)
+    fit(a, grey, 1, batch_size=8, progress=False)
+    assert a.batches and not any(_is_binary(xb) for xb in a.batches)
+    b = Recording(12, 2, hidden=(), likelihood="gaussian", seed=0)
+    fit(b, grey, 1, batch_size=8, binarize=True, progress=False)
+    assert b.batches and all(_is_binary(xb) for xb in b.batches)
 
 
 def test_binarize_errors():
@@ -221,7 +251,7 @@ def test_progress_bar_switch(binary_data, capsys, monkeypatch):
 def test_an_infinite_parameter_stops_training_before_any_step(binary_data):
     model = VAE(12, 2, hidden=(4,), seed=0)
     with torch.no_grad():
-        model.to_x.bias[0] = math.inf
+        model.decoder.to_x.bias[0] = math.inf
     before = _params(model)
     with pytest.raises(TrainingDivergedError, match="epoch 1, batch 1") as info:
         fit(model, binary_data(32, 12), 3, batch_size=8, progress=False)
@@ -231,54 +261,85 @@ def test_an_infinite_parameter_stops_training_before_any_step(binary_data):
     assert _same(_params(model), before)  # the failing step was never applied
 
 
-def test_nan_loss_mid_training_keeps_the_last_good_parameters(binary_data, monkeypatch, record_steps):
-    original = vaelib.train._elbo_backward
-    calls = [0]
+class Poisoned(VAE):
+    """A learner's model whose decoder returns NaN at its ``at``-th training call (a numerical bug)."""
 
-    def poisoned(model, xb, n_samples, beta, generator):
-        calls[0] += 1
-        terms = original(model, xb, n_samples, beta, generator)
-        if calls[0] == 7:  # epoch 2, batch 3 (4 batches per epoch)
-            return vaelib.ELBOTerms(terms.elbo, terms.reconstruction + math.nan, terms.kl, beta)
-        return terms
+    def __init__(self, at: int, where: str = "loss") -> None:
+        super().__init__(12, 2, hidden=(4,), seed=0)
+        self.double()
+        self.at, self.where, self.calls = at, where, 0
 
-    monkeypatch.setattr(vaelib.train, "_elbo_backward", poisoned)
-    model = VAE(12, 2, hidden=(4,), seed=0)
-    with pytest.raises(TrainingDivergedError, match="loss is not finite at epoch 2, batch 3") as info:
-        fit(model, binary_data(32, 12), 3, batch_size=8, progress=False)
-    assert (info.value.epoch, info.value.batch) == (2, 3)
-    assert info.value.history.epochs == 1
-    assert len(record_steps) == 6  # six good steps were taken
-    got = [p.detach() for p in model.parameters()]
-    assert all(torch.equal(a, b) for a, b in zip(got, record_steps[-1]))
-    assert all(bool(torch.isfinite(p).all()) for p in got)
+    def decode(self, z):
+        out = super().decode(z)
+        if self.training:
+            self.calls += 1
+            if self.calls == self.at:
+                if self.where == "loss":
+                    return out + math.nan
+                return _NaNGradient.apply(out)  # a finite loss whose gradient is NaN
+        return out
 
 
-def test_nan_gradient_is_caught_too(binary_data, monkeypatch, record_steps):
-    original = vaelib.train._elbo_backward
+class _NaNGradient(torch.autograd.Function):
+    """The identity, whose derivative is NaN."""
 
-    def nan_gradient(model, xb, n_samples, beta, generator):
-        terms = original(model, xb, n_samples, beta, generator)
-        model.to_mu.bias.grad[0] = math.nan  # a finite loss, one NaN gradient entry
-        return terms
+    @staticmethod
+    def forward(ctx, t):
+        return t.clone()
 
-    monkeypatch.setattr(vaelib.train, "_elbo_backward", nan_gradient)
-    model = VAE(12, 2, hidden=(4,), seed=0)
-    with pytest.raises(TrainingDivergedError, match="gradient is not finite at epoch 1, batch 1"):
-        fit(model, binary_data(16, 12), 2, batch_size=8, progress=False)
-    assert record_steps == []
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * math.nan
+
+
+def _kept_step(error: TrainingDivergedError, steps_per_epoch: int) -> int:
+    """How many updates the parameters the error says it kept had seen."""
+    import re
+
+    epoch, batch = map(int, re.search(r"it had at epoch (\d+), batch (\d+)", str(error)).groups())
+    return (epoch - 1) * steps_per_epoch + batch - 1
+
+
+def test_nan_loss_mid_training_keeps_parameters_with_a_finite_loss(binary_data):
+    x = binary_data(32, 12).double()
+    model = Poisoned(at=40)  # epoch 3, batch 8 (16 batches of 2 per epoch)
+    with pytest.raises(TrainingDivergedError, match="loss is not finite at epoch 3, batch 8") as info:
+        fit(model, x, 4, batch_size=2, progress=False)
+    assert (info.value.epoch, info.value.batch) == (3, 8)
+    assert info.value.history.epochs == 2
+    # The loss was NaN at the parameters after 39 updates: the model goes back to the latest saved ones,
+    # after 32 updates (saved every SNAPSHOT_EVERY = 16), where the loss was finite: the plain loop's.
+    assert vaelib.train.SNAPSHOT_EVERY == 16
+    assert "it had at epoch 3, batch 1" in str(info.value) and _kept_step(info.value, 16) == 32
+    reference = _reference_fit(Poisoned(at=0), x, 4, batch_size=2, steps=32)
+    _close(model, reference)
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
-def test_a_huge_learning_rate_diverges_cleanly(binary_data, record_steps):
+def test_nan_gradient_is_caught_too(binary_data):
+    x = binary_data(16, 12).double()
+    model = Poisoned(at=1, where="gradient")
+    before = _params(model)
+    with pytest.raises(TrainingDivergedError, match="gradient is not finite at epoch 1, batch 1"):
+        fit(model, x, 2, batch_size=8, progress=False)
+    assert _same(_params(model), before)  # the failing update was never applied
+
+
+@pytest.mark.parametrize("lr", [1e30, 1e39])
+def test_a_huge_learning_rate_diverges_cleanly(binary_data, lr):
+    # lr = 1e39 overflows float32 in the very first update; 1e30 makes the next loss non-finite.
+    x = binary_data(64, 12)
     model = VAE(12, 2, hidden=(8,), seed=0)
     with pytest.raises(TrainingDivergedError) as info:
-        fit(model, binary_data(64, 12), 5, batch_size=8, lr=1e30, progress=False)
+        fit(model, x, 5, batch_size=8, lr=lr, progress=False)
     assert info.value.epoch >= 1 and info.value.batch >= 1
     assert f"epoch {info.value.epoch}, batch {info.value.batch}" in str(info.value)
-    got = [p.detach() for p in model.parameters()]
-    assert all(torch.equal(a, b) for a, b in zip(got, record_steps[-1]))
-    assert all(bool(torch.isfinite(p).all()) for p in got)
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    # The kept parameters are the latest saved ones, which had a finite loss: the plain loop's after as
+    # many updates.
+    again = VAE(12, 2, hidden=(8,), seed=0)
+    _reference_fit(again, x, 5, batch_size=8, lr=lr, steps=_kept_step(info.value, 8))
+    _close(model, again, tol=1e-5)
 
 
 @pytest.mark.parametrize("epochs, batch_size", [(1, 64), (3, 8)])
@@ -287,10 +348,9 @@ def test_an_update_that_overflows_the_parameters_is_undone(binary_data, epochs, 
     # (1 epoch of 1 batch) or the next loss shows it, the model goes back to the parameters before it.
     model = VAE(12, 2, hidden=(8,), seed=0)
     before = _params(model)
-    message = "the update at epoch 1, batch 1 .* made the parameters non-finite"
-    with pytest.raises(TrainingDivergedError, match=message) as info:
+    with pytest.raises(TrainingDivergedError, match="not finite at epoch 1, batch [12]") as info:
         fit(model, binary_data(64, 12), epochs, batch_size=batch_size, lr=1e39, progress=False)
-    assert (info.value.epoch, info.value.batch) == (1, 1)
+    assert "it had at epoch 1, batch 1" in str(info.value)
     assert _same(_params(model), before)
 
 
@@ -307,70 +367,22 @@ def test_rejects_bad_arguments(binary_data):
         fit(model, x.double(), 1, progress=False)
 
 
-# --- the optimiser and the overflow guard ---------------------------------------------------------------
+# --- the optimiser --------------------------------------------------------------------------------------
 
 
-def _adam_steps(grads: list[float], lr: float = 1.0) -> list[float]:
-    """|change| of a scalar parameter under torch.optim.Adam for the gradient sequence ``grads``."""
-    p = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.Adam([p], lr=lr, eps=0.0)
-    steps = []
-    for g in grads:
-        before = float(p.detach())
-        p.grad = torch.tensor([g], dtype=torch.float64)
-        opt.step()
-        steps.append(abs(float(p.detach()) - before))
-    return steps
-
-
-def test_adam_max_step_bounds_every_step_and_is_tight():
-    bound = vaelib.train.adam_max_step()
-    assert bound == pytest.approx(7.2703, abs=1e-4)
-    b1, b2 = vaelib.train.ADAM_BETAS
-    # Cauchy-Schwarz is an equality for g_i proportional to (b1/b2)^(T-i): the last step approaches the bound.
-    for t in (1, 10, 100, 1000, 3000):  # (b1/b2)^3000 ~ 1e-136: its square is still a float64
-        steps = _adam_steps([(b1 / b2) ** (t - i) for i in range(1, t + 1)])
-        assert max(steps) <= bound
-    assert steps[-1] > 0.97 * bound  # T = 3000: 7.09; the bound is attained as T grows
-    # Wild gradients (random signs and magnitudes over 30 decades) never beat it either.
-    g = torch.Generator().manual_seed(0)
-    wild = (torch.randn(3000, generator=g, dtype=torch.float64) * 10 ** (30 * torch.rand(3000, generator=g) - 15))
-    assert max(_adam_steps(wild.tolist())) <= bound
-    with pytest.raises(ValueError, match="beta1\\*\\*2 < beta2"):
-        vaelib.train.adam_max_step(0.99, 0.9)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fits_adam_is_torch_adam_exactly(dtype):
-    a, b = VAE(12, 2, hidden=(6,), seed=0).to(dtype), VAE(12, 2, hidden=(6,), seed=0).to(dtype)
-    ours = vaelib.train._Adam(list(a.parameters()))
-    reference = torch.optim.Adam(b.parameters(), lr=1.0, fused=True)
-    g = torch.Generator().manual_seed(1)
-    for step, lr in enumerate([1e-3, 5e-3, 2e-4, 1e-3, 0.0, 3e-3]):
-        for pa, pb in zip(a.parameters(), b.parameters()):
-            pa.grad = torch.randn(pa.shape, generator=g, dtype=dtype) * 10.0**step
-            pb.grad = pa.grad.clone()
-        reference.param_groups[0]["lr"] = lr
-        ours.step(lr)
-        reference.step()
-        assert all(torch.equal(pa, pb) for pa, pb in zip(a.parameters(), b.parameters()))
-
-
-def test_no_parameter_copy_is_made_when_no_step_can_overflow(binary_data, monkeypatch):
-    copies = []
-    original = vaelib.train._OverflowGuard.before_step
-
-    def counting(self, lr, grad_max):
-        original(self, lr, grad_max)
-        copies.append(self.backup is not None)
-
-    monkeypatch.setattr(vaelib.train._OverflowGuard, "before_step", counting)
-    fit(VAE(12, 2, hidden=(8,), seed=0), binary_data(64, 12), 3, batch_size=8, lr=1e-2, progress=False)
-    assert len(copies) == 24 and not any(copies)
-    copies.clear()
-    with pytest.raises(TrainingDivergedError):
-        fit(VAE(12, 2, hidden=(8,), seed=0), binary_data(64, 12), 3, batch_size=8, lr=1e39, progress=False)
-    assert copies == [True]  # lr alone exceeds a float32: that step is copied, and undone
+@pytest.mark.parametrize("cosine", [False, True])
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_fit_is_the_plain_pytorch_loop(binary_data, likelihood, cosine):
+    # The built-in MLP (hand-written gradient) and the same model behind a subclass (autograd) both give
+    # the parameters of the plain loop: torch.optim.Adam on loss.backward(), same batches and noise.
+    x = binary_data(40, 12).double()
+    kwargs = dict(batch_size=16, lr=3e-3, n_samples=2, seed=4)
+    for cls in (VAE, Recording):
+        model = cls(12, 3, hidden=(6, 5), likelihood=likelihood, seed=0).double()
+        fit(model, x, 3, lr_schedule="cosine" if cosine else "constant", progress=False, **kwargs)
+        ref = _reference_fit(cls(12, 3, hidden=(6, 5), likelihood=likelihood, seed=0).double(), x, 3,
+                             cosine=cosine, **kwargs)
+        _close(model, ref)
 
 
 def test_fit_leaves_no_gradients_behind(binary_data):

@@ -24,7 +24,7 @@ module                    what it holds                                         
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from . import data, plot, toy
 from .backprop import elbo_backward

@@ -7,9 +7,12 @@ r"""The gradient of the ELBO, by hand: backpropagation through the VAE written o
           \qquad z_{sb} = \mu_b + \sigma_b \odot \epsilon_{sb},
 
 with respect to every weight of the encoder and the decoder. ``loss.backward()`` computes it with
-autograd; :func:`elbo_backward` computes the same numbers with the chain rule written out, which on a
-CPU makes the forward and backward pass about 15% cheaper (no autograd graph to build and walk, fewer
-passes over the activations, gradients written straight into their buffers). The derivatives it uses are the ones chapter 5 derives:
+autograd, for any model. For the book's own MLP (``VAE(x_dim, z_dim, hidden, likelihood)``, recognised by
+:func:`vaelib.model.is_builtin_mlp`), :func:`elbo_backward` computes the same numbers with the chain rule
+written out: no autograd graph to build and walk, fewer passes over the activations, gradients written
+straight into their buffers. :func:`vaelib.fit` uses it for exactly that model, because the benchmark
+shows it pays (the Performance appendix); every other model trains with ``loss.backward()``. The
+derivatives it uses are the ones chapter 5 derives:
 
 * Bernoulli decoder, logits :math:`o`: :math:`\partial L/\partial o = (\operatorname{sigmoid}(o) - x)/(BS)`;
   Gaussian decoder, mean :math:`o` and log-variance :math:`s`:
@@ -35,7 +38,7 @@ from torch import Tensor, nn
 
 from .elbo import ELBOTerms, _check_elbo_args
 from .kl import _gaussian_kl
-from .model import VAE
+from .model import VAE, is_builtin_mlp, log_px_given
 
 
 def elbo_backward(
@@ -53,7 +56,8 @@ def elbo_backward(
     existing ``.grad`` is written in place (so a training loop can keep all gradients in one buffer).
 
     Args:
-        model: a :class:`vaelib.VAE`.
+        model: a :class:`vaelib.VAE` built as ``VAE(x_dim, z_dim, hidden, likelihood)`` and left as built
+            (:func:`vaelib.model.is_builtin_mlp`).
         x: data, ``(batch, x_dim)``; binary for a Bernoulli decoder.
         n_samples: reparameterised samples of ``z`` per example (``>= 1``).
         beta: KL weight of the loss (``>= 0``).
@@ -61,12 +65,23 @@ def elbo_backward(
 
     Returns:
         :class:`vaelib.ELBOTerms`, ``(batch,)`` tensors without gradient history.
+
+    Raises:
+        TypeError: the model is not the built-in MLP (a subclass, your own modules, another activation,
+            a hook, a frozen parameter): its gradient is ``(-elbo(model, x).objective.mean()).backward()``.
     """
-    return _elbo_backward(*_check_elbo_args(model, x, n_samples, beta, generator))
+    checked = _check_elbo_args(model, x, n_samples, beta, generator)
+    if not is_builtin_mlp(model):
+        raise TypeError(
+            f"elbo_backward differentiates only the built-in MLP VAE(x_dim, z_dim, hidden, likelihood) by hand, "
+            f"not this {type(model).__name__} (own modules, a subclass, a hook or a frozen parameter); use "
+            "autograd: (-vaelib.elbo(model, x).objective.mean()).backward()"
+        )
+    return _elbo_backward(*checked)
 
 
 def _linears(mlp: nn.Sequential) -> list[nn.Linear]:
-    """The linear layers of a ``Linear, ReLU, Linear, ReLU, ...`` stack (see ``model._mlp``)."""
+    """The linear layers of a ``Linear, ReLU, Linear, ReLU, ...`` stack (see ``model.MLPEncoder``)."""
     return [layer for layer in mlp if isinstance(layer, nn.Linear)]
 
 
@@ -118,18 +133,19 @@ def _mlp_backward(layers: list[nn.Linear], inputs: list[Tensor], output: Tensor,
 def _elbo_backward(
     model: VAE, x: Tensor, n_samples: int, beta: float, generator: torch.Generator | None
 ) -> ELBOTerms:
-    """:func:`elbo_backward` without input checks, for the training hot path."""
+    """:func:`elbo_backward` without input checks, for the training hot path (built-in MLP only)."""
     batch, scale = x.shape[0], 1.0 / (x.shape[0] * n_samples)
+    encoder, decoder = model.encoder, model.decoder
     # Forward, as vaelib.elbo does it, keeping what the backward pass needs.
-    enc, dec = _linears(model.encoder), _linears(model.decoder)
+    enc, dec = _linears(encoder.body), _linears(decoder.body)
     h, enc_inputs = _forward(enc, x)
-    mu, logvar = model.to_mu(h), model.to_logvar(h)
+    mu, logvar = encoder.to_mu(h), encoder.to_logvar(h)
     eps = torch.randn((n_samples, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
     sigma = torch.exp(0.5 * logvar)
     z = mu + sigma * eps  # (n_samples, batch, z_dim)
     g, dec_inputs = _forward(dec, z.reshape(-1, model.z_dim))
-    out = model.to_x(g)  # (n_samples * batch, x_dim)
-    log_px_z = model._log_px_given(x, out.view(n_samples, batch, model.x_dim))
+    out = decoder.to_x(g)  # (n_samples * batch, x_dim)
+    log_px_z = log_px_given(model, x, out.view(n_samples, batch, model.x_dim))
     reconstruction = log_px_z.mean(0)
     kl = _gaussian_kl(mu, logvar)
 
@@ -143,13 +159,13 @@ def _elbo_backward(
         delta = residual * (-scale * precision)
         # d loss / d s for log p = -1/2 sum((x - o)^2 e^-s + s + log 2 pi), summed over all pixels.
         _set_grad(model.obs_logvar, (0.5 * scale) * (residual.numel() - (residual.square().sum() * precision)))
-    delta = _linear_backward(model.to_x, delta, g, need_input_grad=True)
+    delta = _linear_backward(decoder.to_x, delta, g, need_input_grad=True)
     delta_z = _mlp_backward(dec, dec_inputs, g, delta, need_input_grad=True).view(n_samples, batch, -1)
     delta_mu = delta_z.sum(0).add_(mu, alpha=beta / batch)
     delta_logvar = (delta_z * eps).sum(0).mul_(sigma).mul_(0.5)
     delta_logvar.add_(logvar.expm1(), alpha=0.5 * beta / batch)  # expm1(logvar) = sigma^2 - 1
-    delta_h = _linear_backward(model.to_mu, delta_mu, h, need_input_grad=bool(enc))
-    delta_h2 = _linear_backward(model.to_logvar, delta_logvar, h, need_input_grad=bool(enc))
+    delta_h = _linear_backward(encoder.to_mu, delta_mu, h, need_input_grad=bool(enc))
+    delta_h2 = _linear_backward(encoder.to_logvar, delta_logvar, h, need_input_grad=bool(enc))
     if enc:
         _mlp_backward(enc, enc_inputs, h, delta_h.add_(delta_h2), need_input_grad=False)
     return ELBOTerms(elbo=reconstruction - kl, reconstruction=reconstruction, kl=kl, beta=beta)

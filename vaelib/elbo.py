@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ._validate import check_float, check_generator, check_int
 from .kl import _gaussian_kl
-from .model import VAE
+from .model import VAE, log_px_given, run_decoder, run_encoder
 from .sampling import _reparameterize
 
 
@@ -63,6 +63,9 @@ def elbo(
 
     Returns:
         :class:`ELBOTerms` with ``(batch,)`` tensors; differentiable in the model's parameters.
+
+    The model is reached through its public :meth:`~vaelib.VAE.encode` and :meth:`~vaelib.VAE.decode`
+    only, so a subclass or a model built from your own modules is scored as it computes.
     """
     return _elbo(*_check_elbo_args(model, x, n_samples, beta, generator))
 
@@ -84,9 +87,9 @@ def _elbo(
     model: VAE, x: Tensor, n_samples: int, beta: float, generator: torch.Generator | None
 ) -> ELBOTerms:
     """:func:`elbo` without input checks, for the training hot path."""
-    mu, logvar = model._encode(x)
+    mu, logvar = run_encoder(model, x)  # model.encode(x), its shapes checked
     z = _reparameterize(mu, logvar, n_samples, generator)  # (n_samples, batch, z_dim)
-    log_px_z = model._log_px_z(x, z)  # (n_samples, batch)
+    log_px_z = log_px_given(model, x, run_decoder(model, z))  # (n_samples, batch), through model.decode
     reconstruction = log_px_z.mean(0)
     kl = _gaussian_kl(mu, logvar)
     return ELBOTerms(elbo=reconstruction - kl, reconstruction=reconstruction, kl=kl, beta=beta)
@@ -154,7 +157,7 @@ def active_units(
     batch_size = check_int("batch_size", batch_size)
     mus, kls = [], []
     for start in range(0, x.shape[0], batch_size):
-        mu, logvar = model._encode(x[start : start + batch_size])
+        mu, logvar = run_encoder(model, x[start : start + batch_size])
         mus.append(mu)
         # Per-unit KL: eq. kl-standard-normal with the sum over units left out.
         kls.append(_gaussian_kl(mu.unsqueeze(-1), logvar.unsqueeze(-1)))

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ._validate import check_generator, check_int, check_tensor
-from .model import VAE
+from .model import VAE, run_encoder
 
 
 @torch.no_grad()
@@ -32,14 +32,14 @@ def sample(
         raise TypeError(f"model must be a vaelib.VAE, got {type(model).__name__}")
     n = check_int("n", n)
     check_generator("generator", generator)
-    p = model.to_mu.weight
-    z = torch.randn((n, model.z_dim), generator=generator, device=p.device, dtype=p.dtype)
+    device, dtype = model.device, model.dtype
+    z = torch.randn((n, model.z_dim), generator=generator, device=device, dtype=dtype)
     x_mean = model.mean(z)
     if mean:
         return x_mean
     if model.likelihood == "bernoulli":
         return torch.bernoulli(x_mean, generator=generator)
-    noise = torch.randn(x_mean.shape, generator=generator, device=p.device, dtype=p.dtype)
+    noise = torch.randn(x_mean.shape, generator=generator, device=device, dtype=dtype)
     return x_mean + torch.exp(0.5 * model.obs_logvar) * noise
 
 
@@ -67,7 +67,9 @@ def interpolate(model: VAE, x_a: Tensor, x_b: Tensor, steps: int) -> Tensor:
         if isinstance(x, Tensor) and x.dim() == 2 and x.shape[0] != 1:
             raise ValueError(f"{name} must be a single data point, got shape {tuple(x.shape)}")
         ends.append(check_tensor(name, x, ndim=2, last_dim=model.x_dim))
-    mu_a, _ = model.encode(ends[0])
-    mu_b, _ = model.encode(ends[1])
+    model.check_data(ends[0], "x_a")
+    model.check_data(ends[1], "x_b")
+    mu_a, _ = run_encoder(model, ends[0])
+    mu_b, _ = run_encoder(model, ends[1])
     t = torch.linspace(0.0, 1.0, steps, device=mu_a.device, dtype=mu_a.dtype).unsqueeze(1)
     return model.mean((1 - t) * mu_a + t * mu_b)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._validate import check_generator, check_int
-from .model import VAE
+from .model import VAE, is_builtin_mlp, log_px_given, run_decoder, run_encoder
 
 #: Elements of the largest ``(k, batch, x_dim)`` decoder output built at once by :func:`log_likelihood`.
 #: 2**20 floats (4 MiB) keep each chunk near the cache, and at K = 1000 on MNIST give one example per
@@ -84,7 +84,7 @@ def iwae_bound(
     x = model.check_x(x)
     k = check_int("k", k)
     check_generator("generator", generator)
-    mu, logvar = model._encode(x)
+    mu, logvar = run_encoder(model, x)
     return torch.logsumexp(_log_weights(model, x, mu, logvar, k, generator), 0) - math.log(k)
 
 
@@ -107,7 +107,7 @@ def _log_weights(
     if log_px_z is not None:
         log_px = log_px_z(x, z.view(k, -1)).unsqueeze(1)
     else:
-        log_px = model._log_px_z(x, z)
+        log_px = log_px_given(model, x, run_decoder(model, z))
     # log p(z) - log q(z|x) with p = N(0, I) and q = N(mu, sigma^2): the log(2 pi) terms cancel, and
     # z - mu = sigma * eps makes q's quadratic term eps^2 exactly.
     log_pz_minus_log_qz = -0.5 * (z.pow(2) - eps.pow(2) - logvar).sum(-1)
@@ -153,26 +153,28 @@ class _Folder:
     model at :math:`K = 1000` this turns the ``k × 400`` dense product into ``k × 111`` (on average
     90 dense units) and about 6,200 sparse entries. The split only decides the cost: any unit in any group
     gives the exact result, up to floating-point rounding (the sums run in another order). Used where it
-    saves work: one example at a time (:func:`log_likelihood` at large ``k``) and a decoder with exactly
-    one hidden layer.
+    saves work: one example at a time (:func:`log_likelihood` at large ``k``), and only for the built-in
+    MLP with exactly one hidden layer (:meth:`applies`); any other decoder (another activation, more
+    layers, a subclass, your own module) is evaluated through ``model.decode``.
     """
 
     def __init__(self, model: VAE) -> None:
         self.model = model
-        (hidden,) = [layer for layer in model.decoder if isinstance(layer, torch.nn.Linear)]
+        (hidden,) = [layer for layer in model.decoder.body if isinstance(layer, torch.nn.Linear)]
         # Detached: folding serves estimates without gradients (log_likelihood).
         self.weight, self.bias = hidden.weight.detach(), hidden.bias.detach()  # W (hidden, z_dim), b
         self.b_w = torch.cat([self.bias.unsqueeze(1), self.weight], 1)  # (hidden, 1 + z_dim): [b | W]
-        self.out_t = model.to_x.weight.detach().t().contiguous()  # (hidden, x_dim): V transposed
-        self.out_bias = model.to_x.bias.detach()
+        self.out_t = model.decoder.to_x.weight.detach().t().contiguous()  # (hidden, x_dim): V transposed
+        self.out_bias = model.decoder.to_x.bias.detach()
         # |m|/s below which a unit is dense, and above which it is settled (the shares, as Gaussian quantiles).
         self.dense_below = statistics.NormalDist().inv_cdf(1 - DENSE_FLIP_FRACTION)
         self.settled_above = statistics.NormalDist().inv_cdf(1 - SETTLED_SHARE)
 
     @staticmethod
     def applies(model: VAE) -> bool:
-        """Whether ``model``'s decoder has the one hidden layer this needs."""
-        return len(model.hidden) == 1
+        """Whether this computes exactly what ``model.decode`` does: the built-in MLP
+        (:func:`vaelib.model.is_builtin_mlp`) with one hidden layer."""
+        return is_builtin_mlp(model) and len(model.hidden) == 1
 
     def plans(self, mu: Tensor, logvar: Tensor) -> list[_Plan]:
         """Each example's :class:`_Plan`, from its posterior's ``mu`` and ``logvar`` (each ``(n, z_dim)``)."""
@@ -197,11 +199,12 @@ class _Folder:
         confidently wrong pixel) are recomputed with the plain decoder.
         """
         if self.model.likelihood != "bernoulli":
-            return self.model._log_px_given(x, self.decode(z, plan).unsqueeze(1)).squeeze(1)
+            return log_px_given(self.model, x, self.decode(z, plan).unsqueeze(1)).squeeze(1)
         log_px_z = _sum_log1p_exp2_(self.decode(z, plan, (1 - 2 * x[0]) * _LOG2_E)).neg_()
         if not math.isfinite(log_px_z.detach().sum()):  # -inf in a row, or nan
             overflowed = (~torch.isfinite(log_px_z)).nonzero().squeeze(1)
-            log_px_z[overflowed] = self.model._log_px_z(x, z[overflowed].unsqueeze(1)).squeeze(1)
+            plain = run_decoder(self.model, z[overflowed].unsqueeze(1))
+            log_px_z[overflowed] = log_px_given(self.model, x, plain).squeeze(1)
         return log_px_z
 
     def decode(self, z: Tensor, plan: _Plan, scale: Tensor | None = None) -> Tensor:
@@ -300,6 +303,10 @@ def log_likelihood(
 
     Returns:
         ``(n,)`` estimates in nats (lower bounds in expectation, tight as ``k`` grows).
+
+    For the built-in MLP with one hidden layer and large ``k`` the decoder is evaluated folded (see
+    :class:`_Folder`: the same numbers up to rounding, about half the time); every other model goes
+    through its own :meth:`~vaelib.VAE.encode` and :meth:`~vaelib.VAE.decode`.
     """
     if not isinstance(model, VAE):
         raise TypeError(f"model must be a vaelib.VAE, got {type(model).__name__}")
@@ -315,7 +322,7 @@ def log_likelihood(
     out = []
     for first in range(0, x.shape[0], block):
         xs = x[first : first + block]
-        mus, logvars = model._encode(xs)
+        mus, logvars = run_encoder(model, xs)
         plans = folder.plans(mus, logvars) if folder is not None else None
         for start in range(0, xs.shape[0], batch):
             xb, mu, logvar = xs[start : start + batch], mus[start : start + batch], logvars[start : start + batch]

@@ -118,7 +118,7 @@ def manifold_grid(
     coords = torch.distributions.Normal(0.0, 1.0).icdf(q).float()
     # Row r from the top has the largest z_2, so the picture's axes match a scatter plot's.
     z = torch.stack(torch.meshgrid(coords.flip(0), coords, indexing="ij"), -1).reshape(-1, 2)[:, [1, 0]]
-    images = model.mean(z.to(device=model.device, dtype=model.to_mu.weight.dtype))
+    images = model.mean(z.to(device=model.device, dtype=model.dtype))
     grid = tile(images, image_shape, nrow=n, pad=0)  # validates image_shape before a figure is made
     ax = _axes(ax, (6, 6))
     lo, hi = float(coords[0]), float(coords[-1])
