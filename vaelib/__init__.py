@@ -11,8 +11,8 @@ module                    what it holds                                         
 :mod:`vaelib.elbo`        the ELBO and its two terms                                   3, 4
 :mod:`vaelib.sampling`    the reparameterisation trick                                 5
 :mod:`vaelib.gradients`   score-function and pathwise gradient estimators              5
-:mod:`vaelib.backprop`    the ELBO's gradient by hand (what ``fit`` trains with)       5, 6
-:mod:`vaelib.model`       the VAE (encoder, decoder)                                   4, 6
+:mod:`vaelib.backprop`    the ELBO's gradient by hand (the built-in MLP's fast path)   5, 6
+:mod:`vaelib.model`       the VAE: your encoder and decoder, or the built-in MLP       4, 6
 :mod:`vaelib.train`       fitting a VAE by maximising the ELBO                         3, 4, 6
 :mod:`vaelib.iwae`        the importance-weighted bound and log-likelihood estimates   6
 :mod:`vaelib.generate`    sampling from the prior, interpolation                       6
