@@ -322,3 +322,47 @@ def test_a_built_in_checkpoint_also_fills_a_model_given(tmp_path):
     fresh = VAE(X_DIM, Z_DIM, hidden=(5,), seed=2)
     assert load(tmp_path / "m.pt", model=fresh) is fresh
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in fresh.state_dict().items())
+
+
+# --- which models take the fast paths -------------------------------------------------------------------
+
+
+def _altered() -> dict[str, VAE]:
+    """The built-in MLP changed in one way each: none may take a fast path."""
+    def built() -> VAE:
+        return VAE(X_DIM, Z_DIM, hidden=(6, 5), seed=0)
+
+    out = {}
+    m = built(); m.decoder.body[1] = nn.Tanh(); out["another activation"] = m
+    m = built(); m.encoder.body.insert(1, nn.Dropout(0.1)); out["an inserted dropout"] = m
+    m = built(); m.decoder.to_x = nn.Linear(5, X_DIM, bias=False); out["a head without bias"] = m
+    m = built(); m.encoder.to_mu.weight.requires_grad_(False); out["a frozen parameter"] = m
+    m = built(); m.extra = nn.Parameter(torch.zeros(2)); out["an extra parameter"] = m
+    m = built(); m.register_buffer("scale", torch.ones(1)); out["a buffer"] = m
+    m = built(); m.decoder.body[0].register_forward_hook(lambda mod, i, o: o * 2); out["a forward hook"] = m
+    m = built(); m.encoder.body[0].forward = lambda x: x; out["an instance's forward replaced"] = m
+    m = built(); m.decode = lambda z: z; out["decode replaced on the instance"] = m
+    m = built(); m.decoder.to_x.double(); out["mixed dtypes"] = m
+    out["a subclass that changes nothing"] = type("Same", (VAE,), {})(X_DIM, Z_DIM, hidden=(6, 5), seed=0)
+    return out
+
+
+def test_only_the_built_in_mlp_as_built_takes_the_fast_paths():
+    for hidden in ((), (6,), (6, 5)):
+        for likelihood in ("bernoulli", "gaussian"):
+            assert is_builtin_mlp(VAE(X_DIM, Z_DIM, hidden=hidden, likelihood=likelihood).double())
+    for what, model in _altered().items():
+        assert not is_builtin_mlp(model), what
+
+
+@pytest.mark.parametrize("what", ["another activation", "an inserted dropout", "a forward hook"])
+def test_an_altered_built_in_model_is_trained_as_it_computes(what):
+    # Same loop, same noise: fit on the altered model is the plain loop on it, not the built-in gradient.
+    model, reference = _altered()[what].double(), _altered()[what].double()
+    x = _data(model)
+    torch.manual_seed(1)
+    fit(model, x, 2, batch_size=8, lr=1e-2, seed=3, progress=False)
+    torch.manual_seed(1)
+    _plain_loop(reference, x, 2, 8, lr=1e-2, seed=3)
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=1e-10, atol=1e-12, msg=key)
