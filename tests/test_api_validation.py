@@ -105,6 +105,9 @@ def bad_tensors(good: torch.Tensor, *, rank: bool = True, size: bool = True, emp
             t = good.clone()
             t.view(-1)[0] = v
             yield name, t, ValueError
+    yield "float8 tensor", good.to(torch.float8_e4m3fn), TypeError
+    yield "sparse tensor", good.to_sparse(), TypeError
+    yield "meta tensor", good.to("meta"), ValueError
 
 
 def bad_counts(minimum: int = 1, optional: bool = False):
@@ -115,6 +118,7 @@ def bad_counts(minimum: int = 1, optional: bool = False):
     yield "float count", 2.0, TypeError
     yield "string count", "3", TypeError
     yield "bool count", True, TypeError
+    yield "count beyond int64", 2**64, ValueError
     if not optional:
         yield "None count", None, TypeError
 
@@ -124,6 +128,7 @@ def bad_reals(*, negative: bool = True):
         yield "negative number", -1.0, ValueError
     yield "NaN number", math.nan, ValueError
     yield "inf number", math.inf, ValueError
+    yield "integer beyond float", 10**400, ValueError
     yield "string number", "1", TypeError
     yield "None number", None, TypeError
 
@@ -209,8 +214,10 @@ _one("VAE", vaelib.VAE, {**good, "encoder": torch.nn.Linear(6, 4), "decoder": to
      "hidden with both modules given", (4,), ValueError)
 for a in ("encoder", "decoder"):
     _table("VAE", vaelib.VAE, good, a, [("function module", lambda t: t, TypeError), ("int module", 3, TypeError)])
-_table("VAE", vaelib.VAE, good, "device", [("dtype device", torch.float64, TypeError),
-                                          ("unknown option", "nowhere", ValueError)])
+BAD_DEVICES = [("dtype device", torch.float64, TypeError), ("unknown option", "nowhere", ValueError),
+               ("meta device", "meta", ValueError),
+               *([] if torch.cuda.is_available() else [("unavailable device", "cuda", ValueError)])]
+_table("VAE", vaelib.VAE, good, "device", BAD_DEVICES)
 _table("VAE", vaelib.VAE, good, "likelihood", [("unknown option", "poisson", ValueError), ("None option", None,
                                                                                            ValueError)])
 
@@ -260,12 +267,12 @@ for _name, _fn in (("elbo", vaelib.elbo), ("elbo_backward", vaelib.elbo_backward
 
 good = {"model": BERN, "x": XB, "k": 3, "generator": None}
 _model_data("iwae_bound", vaelib.iwae_bound, good)
-_table("iwae_bound", vaelib.iwae_bound, good, "k", bad_counts())
+_table("iwae_bound", vaelib.iwae_bound, good, "k", [*bad_counts(), ("absurd size", 10**30, ValueError)])
 _table("iwae_bound", vaelib.iwae_bound, good, "generator", bad_generators())
 
 good = {"model": BERN, "x": XB, "k": 3, "generator": None, "max_elements": 1000}
 _model_data("log_likelihood", vaelib.log_likelihood, good)
-_table("log_likelihood", vaelib.log_likelihood, good, "k", bad_counts())
+_table("log_likelihood", vaelib.log_likelihood, good, "k", [*bad_counts(), ("absurd size", 10**30, ValueError)])
 _table("log_likelihood", vaelib.log_likelihood, good, "max_elements", bad_counts())
 _table("log_likelihood", vaelib.log_likelihood, good, "generator", bad_generators())
 
@@ -279,7 +286,7 @@ if hasattr(vaelib, "active_units"):
 # Generation.
 good = {"model": BERN, "n": 3, "generator": None}
 _table("sample", vaelib.sample, good, "model", bad_models())
-_table("sample", vaelib.sample, good, "n", bad_counts())
+_table("sample", vaelib.sample, good, "n", [*bad_counts(), ("absurd size", 2**40, ValueError)])
 _table("sample", vaelib.sample, good, "generator", bad_generators())
 
 good = {"model": BERN, "x_a": XB[0], "x_b": XB[1], "steps": 3}
@@ -309,6 +316,8 @@ _one("fit", vaelib.fit, good, "lr_schedule", "unknown option", "linear", ValueEr
 _one("fit", vaelib.fit, good, "patience", "early stopping without validation data", 2, ValueError)
 _one("fit", vaelib.fit, good, "binarize", "string option", "yes", TypeError)
 _one("fit", vaelib.fit, {**good, "train": XG}, "binarize", "grey levels for a Bernoulli model", False, ValueError)
+_table("fit", vaelib.fit, good, "device", BAD_DEVICES)
+_one("fit", vaelib.fit, good, "n_samples", "absurd size", 10**15, ValueError)
 
 # Checkpoints.
 good = {"model": BERN, "path": os.path.join(TMP, "m.pt")}
@@ -316,6 +325,10 @@ _table("save", vaelib.save, good, "model", bad_models())
 _table("save", vaelib.save, good, "path", bad_paths())
 _one("save", vaelib.save, good, "path", "missing folder", os.path.join(TMP, "no", "m.pt"), ValueError)
 _table("load", vaelib.load, {"path": good["path"]}, "path", bad_paths())
+vaelib.save(BERN, good["path"])
+_table("load", vaelib.load, {"path": good["path"]}, "device", BAD_DEVICES)
+_table("load", vaelib.load, {"path": good["path"]}, "model", [("int model", 3, TypeError),
+                                                           ("torch module model", torch.nn.Linear(6, 2), TypeError)])
 
 # Gradient estimators.
 for api in ("pathwise_grad", "score_function_grad"):
@@ -567,7 +580,7 @@ _BROAD = {  # class of bad input -> the kinds of the table it holds
         "list", "numpy array", "int tensor", "float count", "string count", "bool count", "None count",
         "string number", "None number", "None model", "torch module model", "a VAE model", "int generator",
         "numpy generator", "int path", "None path", "bytes path", "not callable", "not a distribution",
-        "int hidden", "string hidden", "float width", "int option", "int dtype", "string dtype", "function module",
+        "int hidden", "string hidden", "float width", "int option", "int dtype", "string dtype", "function module", "int model",
         "int module", "dtype device"},
     "float32/float64 data unlike the model's dtype": {
         "float64 data for a float32 model", "float64 data (bernoulli)", "float64 data (gaussian)",
@@ -577,6 +590,10 @@ _BROAD = {  # class of bad input -> the kinds of the table it holds
     "wrong rank or shape": {"wrong rank", "wrong size", "scalar", "shapes that do not broadcast",
                             "one latent dimension", "several data points", "wrong output shape", "wrong event shape"},
     "empty batch": {"empty batch"},
+    "float8, sparse or meta tensors; a device that holds no data here": {
+        "float8 tensor", "sparse tensor", "meta tensor", "meta device", "unavailable device"},
+    "counts and numbers beyond int64, float or any machine's memory": {
+        "count beyond int64", "integer beyond float", "absurd size"},
     "zero, negative or too small/large counts and numbers": {
         "zero count", "negative count", "negative number", "zero number", "zero width", "negative width", "one point",
         "one step", "one", "one sample (no standard error)", "single example", "as many as the data",

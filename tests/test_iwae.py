@@ -187,7 +187,7 @@ def _plain(monkeypatch) -> None:
 def test_folding_gives_the_plain_decoders_estimate(likelihood, dtype, tol, x_dim, binary_data, monkeypatch):
     model = _trained_like(likelihood, dtype, x_dim)
     x = binary_data(6, x_dim, seed=4).to(dtype) if likelihood == "bernoulli" else torch.randn(6, x_dim, dtype=dtype)
-    per_sample = model.x_dim + model.z_dim
+    per_sample = max(model.x_dim, *model.hidden) + model.z_dim  # the widest row the decoder forms per sample
     budget = 500 * per_sample  # chunks of one example and 500 samples: the folded path
     assert vaelib.iwae._chunks(model, 6, 1200, budget) == (1, 500)
     folded = log_likelihood(model, x, k=1200, generator=_gen(2), max_elements=budget)

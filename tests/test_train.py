@@ -389,3 +389,26 @@ def test_fit_leaves_no_gradients_behind(binary_data):
     model = VAE(12, 2, hidden=(8,), seed=0)
     fit(model, binary_data(32, 12), 1, batch_size=8, progress=False)
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("lr", [1e2, 1e3, 1e5, 1e10, 1e30])
+def test_after_divergence_the_model_has_a_finite_training_elbo_or_the_error_says_not(likelihood, dtype, lr):
+    # The review's case, VAE(6, 2, hidden=(4,)) at lr = 1e3, and 19 variants of likelihood, dtype and lr.
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 6, generator=g, dtype=dtype)
+    if likelihood == "bernoulli":
+        x = (x < 0.5).to(dtype)
+    model = VAE(6, 2, hidden=(4,), likelihood=likelihood, seed=0).to(dtype)
+    try:
+        fit(model, x, 5, lr=lr, batch_size=16, progress=False)
+    except TrainingDivergedError as err:
+        assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+        ours = float(elbo(model, x, generator=torch.Generator().manual_seed(5)).elbo.detach().mean())
+        if math.isfinite(err.train_elbo):
+            assert "nats per example" in str(err) and math.isfinite(ours)
+        else:
+            assert "NOT finite" in str(err)
+    else:  # training survived: the model it leaves is usable
+        assert math.isfinite(float(elbo(model, x).elbo.detach().mean()))

@@ -13,6 +13,14 @@ import os
 import torch
 from torch import Tensor
 
+#: The floating-point dtypes vaelib computes in (float8 types and the like have too few operations).
+FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+#: The largest count or seed accepted: PyTorch stores both as 64-bit integers.
+INT_MAX = 2**63 - 1
+#: The most numbers one tensor that a count asks for may hold (2**34 float32 numbers are 64 GiB, beyond
+#: any machine this library is for): a larger count is refused before anything is allocated.
+MAX_ELEMENTS = 2**34
+
 
 def check_tensor(
     name: str,
@@ -35,8 +43,14 @@ def check_tensor(
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense tensor, got layout {x.layout}")
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got dtype {x.dtype}")
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is a meta tensor: it has a shape but no values")
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else ndim
         if x.dim() not in allowed:
@@ -103,13 +117,26 @@ def _is_binary(x: Tensor) -> bool:
     return in_unit_interval(x) and torch.equal(x, x.round())
 
 
-def check_int(name: str, value: object, *, minimum: int = 1) -> int:
-    """Return ``value`` as an ``int`` if it is an integer ``>= minimum``; raise otherwise."""
+def check_int(name: str, value: object, *, minimum: int = 1, maximum: int = INT_MAX) -> int:
+    """Return ``value`` as an ``int`` if it is an integer in ``[minimum, maximum]``; raise otherwise."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
     return int(value)
+
+
+def check_count(name: str, value: object, per_item: int, *, minimum: int = 1) -> int:
+    """:func:`check_int`, and ``value * per_item`` numbers must fit in :data:`MAX_ELEMENTS`."""
+    value = check_int(name, value, minimum=minimum)
+    if value * max(per_item, 1) > MAX_ELEMENTS:
+        raise ValueError(
+            f"{name}={value} would need a tensor of {value * per_item:.3g} numbers, more than any machine "
+            f"holds (the limit is {MAX_ELEMENTS:.3g})"
+        )
+    return value
 
 
 def check_float(
@@ -118,7 +145,10 @@ def check_float(
     """Return ``value`` as a finite ``float``, optionally bounded below; raise otherwise."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an int beyond the largest float, such as 10**400
+        raise ValueError(f"{name} must be finite, got an integer too large for a float") from None
     if v != v or v in (float("inf"), float("-inf")):
         raise ValueError(f"{name} must be finite, got {v}")
     if minimum is not None and (v < minimum or (strict and v == minimum)):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._validate import check_float, check_generator, check_int
+from ._validate import check_count, check_float, check_generator, check_int
 from .kl import _gaussian_kl
 from .model import VAE, log_px_given, run_decoder, run_encoder
 from .sampling import _reparameterize
@@ -77,7 +77,7 @@ def _check_elbo_args(
     if not isinstance(model, VAE):
         raise TypeError(f"model must be a vaelib.VAE, got {type(model).__name__}")
     x = model.check_x(x)
-    n_samples = check_int("n_samples", n_samples)
+    n_samples = check_count("n_samples", n_samples, per_item=x.shape[0] * (model.x_dim + model.z_dim))
     beta = check_float("beta", beta, minimum=0.0)
     check_generator("generator", generator)
     return model, x, n_samples, beta, generator  # type: ignore[return-value]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._validate import check_generator, check_int, check_tensor
+from ._validate import check_count, check_generator, check_tensor
 from .model import VAE, run_encoder
 
 
@@ -30,7 +30,7 @@ def sample(
     """
     if not isinstance(model, VAE):
         raise TypeError(f"model must be a vaelib.VAE, got {type(model).__name__}")
-    n = check_int("n", n)
+    n = check_count("n", n, per_item=model.x_dim + model.z_dim)
     check_generator("generator", generator)
     device, dtype = model.device, model.dtype
     z = torch.randn((n, model.z_dim), generator=generator, device=device, dtype=dtype)
@@ -59,7 +59,7 @@ def interpolate(model: VAE, x_a: Tensor, x_b: Tensor, steps: int) -> Tensor:
     """
     if not isinstance(model, VAE):
         raise TypeError(f"model must be a vaelib.VAE, got {type(model).__name__}")
-    steps = check_int("steps", steps, minimum=2)
+    steps = check_count("steps", steps, per_item=model.x_dim + model.z_dim, minimum=2)
     ends = []
     for name, x in (("x_a", x_a), ("x_b", x_b)):
         if isinstance(x, Tensor) and x.dim() == 1:

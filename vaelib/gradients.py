@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ._validate import check_generator, check_int, check_same_shape, check_tensor
+from ._validate import check_count, check_generator, check_same_shape, check_tensor
 from .densities import _log_normal
 
 
@@ -47,7 +47,7 @@ def _check_inputs(
     if mu.dim() == 0:
         raise ValueError("mu must have at least one dimension (the latent dimension d)")
     check_generator("generator", generator)
-    return check_int("n_samples", n_samples)
+    return check_count("n_samples", n_samples, per_item=mu.numel())
 
 
 def _per_draw_copies(mu: Tensor, logvar: Tensor, n_samples: int) -> tuple[Tensor, Tensor]:

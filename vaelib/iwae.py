@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._validate import check_generator, check_int
+from ._validate import check_count, check_generator, check_int
 from .model import VAE, is_builtin_mlp, log_px_given, run_decoder, run_encoder
 
 #: Elements of the largest ``(k, batch, x_dim)`` decoder output built at once by :func:`log_likelihood`.
@@ -73,7 +73,7 @@ def iwae_bound(
     Args:
         model: a :class:`vaelib.VAE`.
         x: data, ``(batch, x_dim)``.
-        k: number of importance samples ``K >= 1``.
+        k: number of importance samples ``1 <= K <=`` :data:`MAX_K` (all of them are held at once).
         generator: seeded ``torch.Generator``.
 
     Returns:
@@ -82,7 +82,7 @@ def iwae_bound(
     if not isinstance(model, VAE):
         raise TypeError(f"model must be a vaelib.VAE, got {type(model).__name__}")
     x = model.check_x(x)
-    k = check_int("k", k)
+    k = check_count("k", check_int("k", k, maximum=MAX_K), x.shape[0] * (model.x_dim + model.z_dim))
     check_generator("generator", generator)
     mu, logvar = run_encoder(model, x)
     return torch.logsumexp(_log_weights(model, x, mu, logvar, k, generator), 0) - math.log(k)
@@ -272,9 +272,19 @@ def _sum_log1p_exp2_(t: Tensor) -> Tensor:
     return products if total is None else total.add_(products)
 
 
+#: The most importance samples per example :func:`log_likelihood` and :func:`iwae_bound` accept: 10**8
+#: decoder evaluations take minutes for one digit on a CPU, and no estimate needs more.
+MAX_K = 10**8
+
+
 def _chunks(model: VAE, n: int, k: int, max_elements: int = CHUNK_ELEMENTS) -> tuple[int, int]:
-    """How :func:`log_likelihood` splits its work: ``(examples per chunk, samples per chunk)``."""
-    per_sample = model.x_dim + model.z_dim
+    """How :func:`log_likelihood` splits its work: ``(examples per chunk, samples per chunk)``.
+
+    Each sample of one example costs the widest row of numbers the decoder forms for it: its output
+    (``x_dim``) or, for the built-in MLP, a hidden layer, whichever is wider, plus the code (``z_dim``).
+    """
+    widest = max((model.x_dim, *model.hidden)) if is_builtin_mlp(model) else model.x_dim
+    per_sample = widest + model.z_dim
     k_chunk = max(1, min(k, max_elements // per_sample))
     batch = max(1, min(n, max_elements // (k_chunk * per_sample)))
     return batch, k_chunk
@@ -291,13 +301,15 @@ def log_likelihood(
     r"""Estimate :math:`\log p_\theta(x)` per example with the IWAE bound at ``k`` samples, in chunks.
 
     The same estimator as :func:`iwae_bound`, without gradients, processing examples and samples in
-    chunks so that no decoder output larger than ``max_elements`` numbers is held at once; any ``k``
-    fits in memory. The chunks only change the order of the random draws, not the estimator.
+    chunks so that no decoder output (or, for the built-in MLP, hidden layer) larger than
+    ``max_elements`` numbers is held at once, and summing the weights chunk by chunk: memory does not
+    grow with ``k``. The chunks only change the order of the random draws, not the estimator. (The
+    intermediates of a decoder of your own are its own: the bound counts its output.)
 
     Args:
         model: a :class:`vaelib.VAE`.
         x: data, ``(n, x_dim)``.
-        k: importance samples per example (``>= 1``); ``k = 1`` is a one-sample ELBO.
+        k: importance samples per example (``1 <= k <=`` :data:`MAX_K`); ``k = 1`` is a one-sample ELBO.
         generator: seeded ``torch.Generator``.
         max_elements: memory bound (number of floats of the largest intermediate).
 
@@ -311,7 +323,7 @@ def log_likelihood(
     if not isinstance(model, VAE):
         raise TypeError(f"model must be a vaelib.VAE, got {type(model).__name__}")
     x = model.check_x(x)
-    k = check_int("k", k)
+    k = check_int("k", k, maximum=MAX_K)
     max_elements = check_int("max_elements", max_elements)
     check_generator("generator", generator)
     batch, k_chunk = _chunks(model, x.shape[0], k, max_elements)
@@ -327,11 +339,10 @@ def log_likelihood(
         for start in range(0, xs.shape[0], batch):
             xb, mu, logvar = xs[start : start + batch], mus[start : start + batch], logvars[start : start + batch]
             log_px_z = None if plans is None else functools.partial(folder.log_px_z, plan=plans[start])
-            log_w = torch.cat(
-                [
-                    _log_weights(model, xb, mu, logvar, min(k_chunk, k - s), generator, log_px_z)
-                    for s in range(0, k, k_chunk)
-                ]
-            )
-            out.append(torch.logsumexp(log_w, 0) - math.log(k))
+            # log sum_k w_k over the chunks of samples, accumulated as it goes: memory O(chunk), not O(k).
+            total = None
+            for s in range(0, k, k_chunk):
+                chunk = torch.logsumexp(_log_weights(model, xb, mu, logvar, min(k_chunk, k - s), generator, log_px_z), 0)
+                total = chunk if total is None else torch.logaddexp(total, chunk)
+            out.append(total - math.log(k))
     return torch.cat(out)

@@ -283,13 +283,20 @@ def _first_parameter(model: nn.Module) -> Tensor:
 
 
 def _check_device(device: object) -> torch.device:
-    """``device`` as a ``torch.device`` (a ``str`` or a device, never a dtype)."""
+    """``device`` as a ``torch.device`` that holds data here (a ``str`` or a device, never a dtype)."""
     if isinstance(device, torch.dtype) or not isinstance(device, (str, torch.device)):
         raise TypeError(f"device must be a torch.device or a str such as 'cpu', got {device!r}")
     try:
-        return torch.device(device)
+        device = torch.device(device)
     except RuntimeError as err:
         raise ValueError(f"device {device!r} is not a device: {err}") from err
+    if device.type == "meta":
+        raise ValueError("device 'meta' holds shapes but no values: moving a model there would erase it")
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as err:  # e.g. CUDA asked for on a machine without it
+        raise ValueError(f"device {str(device)!r} is not available here: {str(err).splitlines()[0]}") from err
+    return device
 
 
 # --- how the library calls a model ------------------------------------------------------------

@@ -15,7 +15,7 @@ import torch
 from matplotlib.axes import Axes
 from torch import Tensor
 
-from ._validate import check_float, check_int, check_tensor
+from ._validate import check_count, check_float, check_int, check_tensor
 from .model import VAE
 
 
@@ -76,12 +76,14 @@ def latent_scatter(
             raise TypeError(f"labels must be a torch.Tensor or None, got {type(labels).__name__}")
         if labels.shape != (z.shape[0],):
             raise ValueError(f"labels must have shape ({z.shape[0]},) to match z, got {tuple(labels.shape)}")
+    # Everything that can fail happens before a figure exists: no figure is left open by an error.
+    zz = z.detach().cpu().double().numpy()  # NumPy has no bfloat16
+    lab = None if labels is None else labels.detach().cpu()
+    lab = None if lab is None else (lab.double() if lab.is_floating_point() else lab).numpy()
     ax = _axes(ax, (5, 4.5))
-    zz = z.detach().cpu().numpy()
-    if labels is None:
+    if lab is None:
         ax.scatter(zz[:, 0], zz[:, 1], s=4, alpha=0.6)
     else:
-        lab = labels.detach().cpu().numpy()
         sc = ax.scatter(zz[:, 0], zz[:, 1], c=lab, cmap="tab10", s=4, alpha=0.7, vmin=-0.5, vmax=9.5)
         cbar = ax.figure.colorbar(sc, ax=ax, ticks=range(10))
         cbar.set_label("digit")
@@ -110,7 +112,7 @@ def manifold_grid(
         raise TypeError(f"model must be a vaelib.VAE, got {type(model).__name__}")
     if model.z_dim != 2:
         raise ValueError(f"manifold_grid needs a model with z_dim=2, got {model.z_dim}")
-    n = check_int("n", n, minimum=2)
+    n = check_count("n", n, per_item=n * model.x_dim if isinstance(n, int) else 1, minimum=2)
     span = check_float("span", span)
     if not 0 < span < 1:
         raise ValueError(f"span must lie in (0, 1), got {span}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._validate import check_generator, check_int, check_same_shape, check_tensor
+from ._validate import check_count, check_generator, check_same_shape, check_tensor
 
 
 def reparameterize(
@@ -37,7 +37,7 @@ def reparameterize(
     check_tensor("mu", mu)
     check_tensor("logvar", logvar)
     check_same_shape("mu", mu, "logvar", logvar)
-    n_samples = check_int("n_samples", n_samples)
+    n_samples = check_count("n_samples", n_samples, per_item=mu.numel())
     check_generator("generator", generator)
     return _reparameterize(mu, logvar, n_samples, generator)
 

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from ._validate import check_float, check_int, check_tensor, in_unit_interval
+from ._validate import check_count, check_float, check_int, check_tensor, in_unit_interval
 from .backprop import _elbo_backward
 from .data import Digits, _Binarizer
 from .elbo import ELBOTerms, _elbo
@@ -55,11 +55,13 @@ class TrainingDivergedError(FloatingPointError):
         epoch: 1-based epoch of the failing batch.
         batch: 1-based index of the failing batch within that epoch.
         history: the :class:`History` up to the last complete epoch.
+        train_elbo: the ELBO per example of the training data (one draw of ``z``) at the parameters the
+            model kept; the message says whether it is finite.
     """
 
-    def __init__(self, message: str, epoch: int, batch: int, history: "History") -> None:
+    def __init__(self, message: str, epoch: int, batch: int, history: "History", train_elbo: float) -> None:
         super().__init__(message)
-        self.epoch, self.batch, self.history = epoch, batch, history
+        self.epoch, self.batch, self.history, self.train_elbo = epoch, batch, history, train_elbo
 
 
 @dataclass
@@ -149,8 +151,8 @@ def fit(
     """
     if not isinstance(model, VAE):
         raise TypeError(f"model must be a vaelib.VAE, got {type(model).__name__}")
-    epochs, batch_size, n_samples = (check_int(k, v) for k, v in
-                                     (("epochs", epochs), ("batch_size", batch_size), ("n_samples", n_samples)))
+    epochs, batch_size = check_int("epochs", epochs), check_int("batch_size", batch_size)
+    n_samples = check_count("n_samples", n_samples, per_item=batch_size * (model.x_dim + model.z_dim))
     lr = check_float("lr", lr, minimum=0.0, strict=True)
     beta = check_float("beta", beta, minimum=0.0)
     warmup_epochs = check_float("warmup_epochs", warmup_epochs, minimum=0.0)
@@ -201,7 +203,7 @@ def fit(
                 loss, elbo_sum, kl_sum, grad_norm = _read(terms, gradient.squared_norm(params))
                 if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                     raise _diverged("loss" if not math.isfinite(loss) else "gradient", epoch, b,
-                                    steps_per_epoch, history, last_good, params)
+                                    steps_per_epoch, history, last_good, model, x_epoch, seed)
                 if step % SNAPSHOT_EVERY == 0:
                     last_good.save(epoch, b)
                 optimizer.param_groups[0]["lr"] = lr_t
@@ -231,7 +233,8 @@ def fit(
                 break
         # The last update has not been scored yet: score it on the last batch (unless the best is restored).
         if best_state is None and not math.isfinite(_mean_elbo(model, xb, seed + 2)):
-            raise _diverged("loss after the last update", epoch, b, steps_per_epoch, history, last_good, params)
+            raise _diverged("loss after the last update", epoch, b, steps_per_epoch, history, last_good,
+                            model, x_epoch, seed)
     finally:  # also when training diverges: no gradient outlives fit
         bar.close()
         for p in params:
@@ -304,8 +307,9 @@ class _LastGood:
 
 
 def _diverged(what: str, epoch: int, b: int, steps_per_epoch: int, history: History, last_good: _LastGood,
-              params: list[Tensor]) -> TrainingDivergedError:
-    """Go back to the saved parameters if the loss is what failed (the current ones are bad); the error."""
+              model: VAE, x: Tensor, seed: int) -> TrainingDivergedError:
+    """Go back to the saved parameters if the loss is what failed (the current ones are bad); the error,
+    which says whether the ELBO of the training data is finite at the parameters kept."""
     if what.startswith("loss") and last_good.where is not None:
         last_good.restore()
         kept = (f"the parameters it had at epoch {last_good.where[0]}, batch {last_good.where[1]}, where the "
@@ -314,10 +318,14 @@ def _diverged(what: str, epoch: int, b: int, steps_per_epoch: int, history: Hist
         kept = "its initial parameters, at which the loss is not finite"
     else:
         kept = "the parameters at which this loss was computed (finite; the update was not applied)"
+    train_elbo = _mean_elbo(model, x, seed + 3)
+    verdict = (f"its ELBO on the training data is {train_elbo:.2f} nats per example" if math.isfinite(train_elbo)
+               else "its ELBO on the training data is NOT finite either: these parameters are no usable model")
     return TrainingDivergedError(
         f"training diverged: the {what} is not finite at epoch {epoch}, batch {b} (of {steps_per_epoch}); "
-        f"the model keeps {kept}. Try a smaller lr, or check the data and the model for extreme values.",
-        epoch, b, history,
+        f"the model keeps {kept}, and {verdict}. Try a smaller lr, or check the data and the model for "
+        "extreme values.",
+        epoch, b, history, train_elbo,
     )
 
 
