@@ -146,3 +146,23 @@ def test_manifold_grid_rejects_bad_input():
 def test_manifold_grid_of_a_float64_model():
     ax = manifold_grid(VAE(4, 2, hidden=(), seed=0).double(), n=3, image_shape=(2, 2))
     assert ax.images[0].get_array().shape == (6, 6)
+
+
+def test_a_failing_plot_call_leaves_no_figure_open_and_bfloat16_codes_plot():
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    z = torch.randn(20, 2)
+    bad_calls = [
+        lambda: latent_scatter(z, labels=torch.zeros(3)),  # labels of the wrong length
+        lambda: latent_scatter(z.to(torch.float8_e4m3fn)),
+        lambda: image_grid(torch.rand(4, 10), image_shape=(3, 3)),
+        lambda: manifold_grid(VAE(4, 3, hidden=()), n=3, image_shape=(2, 2)),
+    ]
+    for call in bad_calls:
+        with pytest.raises((ValueError, TypeError)):
+            call()
+        assert plt.get_fignums() == []
+    ax = latent_scatter(z.to(torch.bfloat16), labels=torch.arange(20) % 10)
+    assert len(ax.collections[0].get_offsets()) == 20
+    plt.close("all")
