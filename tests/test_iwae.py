@@ -301,3 +301,32 @@ def test_folding_needs_one_hidden_layer(binary_data):
     x = binary_data(2, 12)
     got = log_likelihood(model, x, k=300, generator=_gen(5), max_elements=300 * 14)
     assert got.shape == (2,) and bool(torch.isfinite(got).all())
+
+
+_PEAK_SCRIPT = """
+import resource, sys, torch, vaelib
+torch.set_num_threads(1)
+model = vaelib.VAE(2, 2, hidden=(1024,), likelihood="gaussian", seed=0)
+n, k = int(sys.argv[1]), int(sys.argv[2])
+x = torch.randn(n, 2, generator=torch.Generator().manual_seed(0))
+vaelib.log_likelihood(model, x[:2], k=k, max_elements=1 << 20)  # warm-up: one chunk's worth allocated once
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out = vaelib.log_likelihood(model, x, k=k, max_elements=1 << 20)
+assert out.shape == (n,) and bool(torch.isfinite(out).all())
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+@pytest.mark.parametrize("n, k", [(262, 1000), (8, 30000)])
+def test_log_likelihood_honours_its_memory_bound_whatever_k_and_the_hidden_width(n, k):
+    # The review's case: a hidden layer of 1,024 units, 262 examples, k = 1000, and a bound of 2**20 floats
+    # (4 MiB). It peaked at +2 GiB when the bound ignored the hidden width and all k log-weights were kept;
+    # now each chunk's hidden activations fit the bound and the weights are summed chunk by chunk, so
+    # 30 times as many samples need no more memory. Measured in a fresh process: the growth of the peak
+    # resident set after a warm-up that allocated one chunk's worth (before the fix: 2 GiB).
+    import subprocess
+    import sys
+
+    grown = int(subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(n), str(k)], capture_output=True,
+                               text=True, check=True).stdout.strip())
+    assert grown < 24, f"peak memory grew by {grown} MiB for a 4 MiB bound"
