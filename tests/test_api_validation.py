@@ -175,11 +175,13 @@ _table("log_normal", vaelib.log_normal, good, "x", bad_tensors(good["x"], rank=F
 for a in ("mu", "logvar"):
     _table("log_normal", vaelib.log_normal, good, a, bad_tensors(good[a], rank=False, size=False, empty=False))
 _one("log_normal", vaelib.log_normal, good, "mu", "shapes that do not broadcast", torch.zeros(5, 4), ValueError)
+_one("log_normal", vaelib.log_normal, good, "x", "shapes that broadcast too far", torch.randn(5, 1), ValueError)
 
 good = {"x": XB, "logits": torch.zeros(5, 6)}
 _table("log_bernoulli", vaelib.log_bernoulli, good, "x", bad_tensors(XB, rank=False, size=False, empty=False,
                                                                    scalar=True))
 _one("log_bernoulli", vaelib.log_bernoulli, good, "x", "grey levels for a Bernoulli model", XG, ValueError)
+_one("log_bernoulli", vaelib.log_bernoulli, good, "x", "shapes that broadcast too far", XB[:, :1], ValueError)
 _table("log_bernoulli", vaelib.log_bernoulli, good, "logits", bad_tensors(good["logits"], rank=False, size=False,
                                                                         empty=False))
 _one("log_bernoulli", vaelib.log_bernoulli, good, "logits", "shapes that do not broadcast", torch.zeros(5, 4),
@@ -193,6 +195,8 @@ good = {"mu_q": MU, "logvar_q": LV, "mu_p": torch.zeros(2), "logvar_p": torch.ze
 for a in ("mu_q", "logvar_q", "mu_p", "logvar_p"):
     _table("kl_normal", vaelib.kl_normal, good, a, bad_tensors(good[a], rank=False, empty=False, size=a.endswith("q")))
 _one("kl_normal", vaelib.kl_normal, good, "mu_p", "shapes that do not broadcast", torch.zeros(3), ValueError)
+for a in ("mu_p", "logvar_p"):
+    _one("kl_normal", vaelib.kl_normal, good, a, "shapes that broadcast too far", torch.zeros(3, 5, 2), ValueError)
 
 # Sampling.
 good = {"mu": MU, "logvar": LV, "n_samples": 2, "generator": None}
@@ -588,6 +592,7 @@ _BROAD = {  # class of bad input -> the kinds of the table it holds
         "float32 for a float64 model", "float32 data for a float64 model", "dtype unlike W's"},
     "NaN or inf": {"NaN", "inf", "NaN number", "inf number"},
     "wrong rank or shape": {"wrong rank", "wrong size", "scalar", "shapes that do not broadcast",
+                            "shapes that broadcast too far",
                             "one latent dimension", "several data points", "wrong output shape", "wrong event shape"},
     "empty batch": {"empty batch"},
     "float8, sparse or meta tensors; a device that holds no data here": {

@@ -80,6 +80,9 @@ def test_log_normal_of_an_infinite_point_is_minus_infinity():
 def test_log_normal_rejects_bad_shapes():
     with pytest.raises(ValueError, match="broadcast"):
         log_normal(torch.zeros(3, 4), torch.zeros(3, 5), torch.zeros(3, 4))
+    # The summed dimension is x's: a (3, 1) x is not stretched into 4 copies by (4,) means.
+    with pytest.raises(ValueError, match=r"summed last dimension of x must not be broadcast.*\(3, 1\)"):
+        log_normal(torch.zeros(3, 1), torch.zeros(4), torch.zeros(4))
     with pytest.raises(ValueError, match="x must have at least one dimension"):
         log_normal(torch.tensor(0.0), torch.tensor(0.0), torch.tensor(0.0))
     with pytest.raises(ValueError, match="logvar"):
@@ -154,5 +157,7 @@ def test_log_bernoulli_rejects_grey_levels(value):
 def test_log_bernoulli_rejects_bad_shapes():
     with pytest.raises(ValueError, match="broadcast"):
         log_bernoulli(torch.zeros(3, 4), torch.zeros(3, 5))
+    with pytest.raises(ValueError, match=r"summed last dimension of x must not be broadcast.*\(3, 1\)"):
+        log_bernoulli(torch.zeros(3, 1), torch.zeros(3, 4))
     with pytest.raises(ValueError, match="at least one dimension"):
         log_bernoulli(torch.tensor(1.0), torch.tensor(0.0))

@@ -153,5 +153,10 @@ def test_kl_rejects_mismatched_and_scalar_inputs():
         gaussian_kl(torch.tensor(0.0), torch.tensor(0.0))
     with pytest.raises(ValueError, match="mu_p and logvar_p must broadcast"):
         kl_normal(torch.zeros(3, 2), torch.zeros(3, 2), torch.zeros(4), torch.zeros(4))
+    # p must broadcast *to* q's shape: neither extra batch dimensions nor a stretched latent dimension.
+    with pytest.raises(ValueError, match=r"mu_p and logvar_p must broadcast.*\(4, 3, 2\)"):
+        kl_normal(torch.zeros(3, 2), torch.zeros(3, 2), torch.zeros(4, 3, 2), torch.zeros(2))
+    with pytest.raises(ValueError, match=r"mu_p and logvar_p must broadcast.*\(3, 1\)"):
+        kl_normal(torch.zeros(3, 1), torch.zeros(3, 1), torch.zeros(2), torch.zeros(2))
     with pytest.raises(ValueError, match="mu_q and logvar_q"):
         kl_normal(torch.zeros(3, 2), torch.zeros(3), torch.zeros(2), torch.zeros(2))
