@@ -414,18 +414,24 @@ _one("toy.LinearGaussian", LGC, good, "W", "empty batch", LG.W[:0], ValueError)
 _table("toy.LinearGaussian", LGC, good, "b", bad_tensors(LG.b, size=True, empty=False))
 _one("toy.LinearGaussian", LGC, good, "b", "dtype unlike W's", LG.b.float(), TypeError)
 _table("toy.LinearGaussian", LGC, good, "sigma", [*bad_reals(), ("zero number", 0.0, ValueError)])
+_table("toy.LinearGaussian", LGC, good, "W", [("float16 tensor", LG.W.half(), TypeError),
+                                              ("bfloat16 tensor", LG.W.bfloat16(), TypeError)])
+_one("toy.LinearGaussian", LGC, good, "b", "float16 tensor", LG.b.half(), TypeError)
 good = {"x_dim": 4, "z_dim": 2, "sigma": 0.5, "generator": None, "dtype": torch.float64}
 for a in ("x_dim", "z_dim"):
     _table("toy.LinearGaussian.random", LGC.random, good, a, bad_counts())
 _table("toy.LinearGaussian.random", LGC.random, good, "sigma", bad_reals())
 _table("toy.LinearGaussian.random", LGC.random, good, "generator", bad_generators())
 _table("toy.LinearGaussian.random", LGC.random, good, "dtype", [("int dtype", torch.int64, TypeError),
-                                                               ("string dtype", "float64", TypeError)])
+                                                               ("string dtype", "float64", TypeError),
+                                                               ("float16 dtype", torch.float16, TypeError),
+                                                               ("bfloat16 dtype", torch.bfloat16, TypeError)])
 if hasattr(LGC, "from_vae"):
     good = {"model": GAUSS, "dtype": torch.float64}
     _table("toy.LinearGaussian.from_vae", LGC.from_vae, good, "model", bad_models())
     _one("toy.LinearGaussian.from_vae", LGC.from_vae, good, "model", "a Bernoulli VAE", BERN, ValueError)
     _one("toy.LinearGaussian.from_vae", LGC.from_vae, good, "dtype", "int dtype", torch.int64, TypeError)
+    _one("toy.LinearGaussian.from_vae", LGC.from_vae, good, "dtype", "float16 dtype", torch.float16, TypeError)
 _table("toy.LinearGaussian.sample", LG.sample, {"n": 3, "generator": None}, "n", bad_counts())
 _table("toy.LinearGaussian.sample", LG.sample, {"n": 3, "generator": None}, "generator", bad_generators())
 Z = torch.zeros(3, 2, dtype=torch.float64)
@@ -437,6 +443,7 @@ for api, fn in (("toy.LinearGaussian.log_likelihood", LG.log_likelihood), ("toy.
     _table(api, fn, good, "z", bad_tensors(Z, rank=False, empty=False))
     _one(api, fn, good, "z", "float32 codes for a float64 model", Z.float(), TypeError)
     _one(api, fn, good, "z", "batch of z unlike x's", torch.zeros(4, 2, dtype=torch.float64), ValueError)
+    _one(api, fn, good, "z", "float16 tensor", Z.half(), TypeError)
 for api, fn in (("toy.LinearGaussian.log_evidence", LG.log_evidence), ("toy.LinearGaussian.posterior",
                                                                        LG.posterior)):
     _table(api, fn, {"x": XL}, "x", bad_tensors(XL))
@@ -445,6 +452,8 @@ _table("toy.LinearGaussian.elbo", LG.elbo, good, "x", bad_tensors(XL))
 _table("toy.LinearGaussian.elbo", LG.elbo, good, "q_mean", bad_tensors(QM))
 _one("toy.LinearGaussian.elbo", LG.elbo, good, "q_mean", "rows unlike x's", QM[:2], ValueError)
 _one("toy.LinearGaussian.elbo", LG.elbo, good, "q_mean", "float32 for a float64 model", QM.float(), TypeError)
+_one("toy.LinearGaussian.elbo", LG.elbo, good, "q_mean", "float16 tensor", QM.half(), TypeError)
+_one("toy.LinearGaussian.elbo", LG.elbo, good, "q_cov", "float16 tensor", QC.half(), TypeError)
 _table("toy.LinearGaussian.elbo", LG.elbo, good, "q_cov", [*bad_tensors(QC, empty=False),
                                                           ("not positive definite", -QC, ValueError),
                                                           ("not symmetric", QC + torch.triu(QC.new_ones(2, 2), 1),
@@ -454,6 +463,10 @@ _table("toy.LinearGaussian.elbo", LG.elbo, good, "q_cov", [*bad_tensors(QC, empt
 X_PPCA = torch.randn(20, 4, generator=_g, dtype=torch.float64)
 _table("toy.ppca", toy.ppca, {"x": X_PPCA, "z_dim": 2}, "x", bad_tensors(X_PPCA, size=False))
 _one("toy.ppca", toy.ppca, {"x": X_PPCA, "z_dim": 2}, "x", "single example", X_PPCA[:1], ValueError)
+_table("toy.ppca", toy.ppca, {"x": X_PPCA, "z_dim": 2}, "x", [
+    ("float16 tensor", X_PPCA.half(), TypeError), ("bfloat16 tensor", X_PPCA.bfloat16(), TypeError),
+    ("data in an exact subspace", torch.randn(20, 2, generator=_g, dtype=torch.float64)
+     @ torch.randn(2, 4, generator=_g, dtype=torch.float64), ValueError)])
 _table("toy.ppca", toy.ppca, {"x": X_PPCA, "z_dim": 2}, "z_dim", [*bad_counts(), ("as large as the data", 4,
                                                                                    ValueError)])
 
@@ -465,6 +478,7 @@ for api in ("log_evidence_quadrature", "posterior_moments_quadrature"):
     _table(f"toy.{api}", fn, good, "model", [*bad_models(), ("a VAE model", GAUSS, TypeError)])
     _table(f"toy.{api}", fn, good, "x", bad_tensors(XL))
     _one(f"toy.{api}", fn, good, "x", "float32 data for a float64 model", XL.float(), TypeError)
+    _one(f"toy.{api}", fn, good, "x", "float16 tensor", XL.half(), TypeError)
     _table(f"toy.{api}", fn, good, "n_points", [*bad_counts(), ("one point", 1, ValueError)])
     _table(f"toy.{api}", fn, good, "bound", [*bad_reals(), ("zero number", 0.0, ValueError)])
     _table(f"toy.{api}", fn, good, "max_points", [*bad_counts(), ("grid larger than allowed", 100, ValueError)])
@@ -480,7 +494,10 @@ for api in ("log_importance_weights", "log_evidence_importance"):
     _table(f"toy.{api}", fn, good, "proposal", [
         ("not a distribution", "posterior", TypeError),
         ("wrong event shape", torch.distributions.MultivariateNormal(torch.zeros(3, dtype=torch.float64),
-                                                                     torch.eye(3, dtype=torch.float64)), ValueError)])
+                                                                     torch.eye(3, dtype=torch.float64)), ValueError),
+        ("float32 proposal for a float64 model",
+         torch.distributions.MultivariateNormal(torch.zeros(2), torch.eye(2)), TypeError)])
+    _one(f"toy.{api}", fn, good, "x", "float16 tensor", XL.half(), TypeError)
 if hasattr(toy, "log_evidence_importance"):
     _one("toy.log_evidence_importance", toy.log_evidence_importance,
          {"model": LG, "x": XL, "n_samples": 4}, "n_samples", "one sample (no standard error)", 1, ValueError)
@@ -488,6 +505,7 @@ if hasattr(toy, "fit_gaussian_q"):
     good = {"model": LG, "x": XL, "steps": 2, "lr": 0.05}
     _table("toy.fit_gaussian_q", toy.fit_gaussian_q, good, "model", bad_models())
     _table("toy.fit_gaussian_q", toy.fit_gaussian_q, good, "x", bad_tensors(XL))
+    _one("toy.fit_gaussian_q", toy.fit_gaussian_q, good, "x", "float16 tensor", XL.half(), TypeError)
     _table("toy.fit_gaussian_q", toy.fit_gaussian_q, good, "steps", bad_counts())
     _table("toy.fit_gaussian_q", toy.fit_gaussian_q, good, "lr", [*bad_reals(), ("zero number", 0.0, ValueError)])
 
@@ -589,6 +607,7 @@ _BROAD = {  # class of bad input -> the kinds of the table it holds
     "float32/float64 data unlike the model's dtype": {
         "float64 data for a float32 model", "float64 data (bernoulli)", "float64 data (gaussian)",
         "float64 codes (bernoulli)", "float64 codes (gaussian)", "float32 codes for a float64 model",
+        "float32 proposal for a float64 model",
         "float32 for a float64 model", "float32 data for a float64 model", "dtype unlike W's"},
     "NaN or inf": {"NaN", "inf", "NaN number", "inf number"},
     "wrong rank or shape": {"wrong rank", "wrong size", "scalar", "shapes that do not broadcast",
@@ -596,7 +615,8 @@ _BROAD = {  # class of bad input -> the kinds of the table it holds
                             "one latent dimension", "several data points", "wrong output shape", "wrong event shape"},
     "empty batch": {"empty batch"},
     "float8, sparse or meta tensors; a device that holds no data here": {
-        "float8 tensor", "sparse tensor", "meta tensor", "meta device", "unavailable device"},
+        "float8 tensor", "sparse tensor", "meta tensor", "meta device", "unavailable device", "float16 tensor",
+        "bfloat16 tensor", "float16 dtype", "bfloat16 dtype"},
     "counts and numbers beyond int64, float or any machine's memory": {
         "count beyond int64", "integer beyond float", "absurd size"},
     "zero, negative or too small/large counts and numbers": {
@@ -611,6 +631,7 @@ _BROAD = {  # class of bad input -> the kinds of the table it holds
     "unknown option or impossible setting": {
         "unknown option", "None option", "string option", "early stopping without validation data", "missing folder",
         "not differentiable", "not positive definite", "not symmetric", "hidden with both modules given",
+        "data in an exact subspace",
         "a nonlinear Gaussian VAE"},
 }
 

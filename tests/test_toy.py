@@ -144,6 +144,11 @@ def test_random_and_constructor():
         LinearGaussian(lg.W, lg.b[:3], 1.0)
     with pytest.raises(TypeError, match="share a dtype"):
         LinearGaussian(lg.W, lg.b.float(), 1.0)
+    # Half precision is refused up front (torch's linear algebra does not support it).
+    with pytest.raises(TypeError, match="W must have dtype torch.float32 or torch.float64"):
+        LinearGaussian(lg.W.half(), lg.b.half(), 1.0)
+    with pytest.raises(TypeError, match="dtype must be torch.float32 or torch.float64"):
+        LinearGaussian.random(4, 2, dtype=torch.float16)
 
 
 def test_from_vae_is_the_decoder_of_a_linear_gaussian_vae(linear_vae):
@@ -310,6 +315,14 @@ def test_ppca_rejects_bad_input():
     flat[:, 0] = torch.arange(10, dtype=F64)  # data on a line: sigma^2 would be 0
     with pytest.raises(ValueError, match="subspace"):
         ppca(flat, 1)
+    # Data in an exact 2-D subspace, computed with rounding: refused, not fitted with sigma ~ 1e-8.
+    g = _gen(6)
+    planar = torch.randn(50, 2, generator=g, dtype=F64) @ torch.randn(2, 5, generator=g, dtype=F64)
+    with pytest.raises(ValueError, match="subspace"):
+        ppca(planar, 2)
+    assert ppca(planar, 1).sigma > 0.1  # but a 1-D model of 2-D data is fine
+    with pytest.raises(TypeError, match="x must have dtype"):
+        ppca(x.half(), 2)
 
 
 # --- the evidence by brute force, and fitted Gaussians (chapters 1 and 3) ---------------------------

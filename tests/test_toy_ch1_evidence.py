@@ -112,6 +112,11 @@ def test_validation() -> None:
         log_importance_weights(m, x, 5, proposal=wrong)
     with pytest.raises(ValueError, match="batch shape"):
         log_importance_weights(m, x[:2], 5, proposal=m.posterior(x))
+    single = MultivariateNormal(torch.zeros(2), covariance_matrix=torch.eye(2))  # float32, model float64
+    with pytest.raises(TypeError, match="proposal must have the model's dtype"):
+        log_importance_weights(m, x, 5, proposal=single)
+    with pytest.raises(TypeError, match="x must have the model's dtype"):
+        log_evidence_quadrature(m, x.half())
 
 
 def test_grid_too_large_is_refused_without_overflow() -> None:

@@ -50,6 +50,8 @@ def test_from_vae_rejects_other_models():
         LinearGaussian.from_vae(vaelib.VAE(4, 2, hidden=(8,), likelihood="gaussian", seed=0))
     with pytest.raises(ValueError, match="linear Gaussian VAE"):
         LinearGaussian.from_vae(vaelib.VAE(4, 2, hidden=(), likelihood="bernoulli", seed=0))
+    with pytest.raises(TypeError, match="dtype must be torch.float32 or torch.float64"):
+        LinearGaussian.from_vae(vaelib.VAE(4, 2, hidden=(), likelihood="gaussian", seed=0), dtype=torch.float16)
 
 
 # --- fit_gaussian_q ---------------------------------------------------------------------------------
