@@ -378,6 +378,41 @@ _table("data.load_mnist", vaelib.data.load_mnist, {}, "binarize_test", [("string
                                                                         ("None option", None, TypeError),
                                                                         ("int option", 1, TypeError)])
 _table("data.read_idx", vaelib.data.read_idx, {}, "path", bad_paths())
+
+
+def _damaged_files() -> dict[str, str]:
+    """Files damaged as the review found them: a bit flipped in a checkpoint's tensor, a gzip bomb, bad deflate."""
+    import gzip
+
+    out = {}
+    path = os.path.join(TMP, "flipped.pt")
+    vaelib.save(BERN, path)
+    raw = bytearray(open(path, "rb").read())
+    weight = BERN.decoder.to_x.weight.detach().numpy().tobytes()
+    at = bytes(raw).find(weight[:16])  # the start of a tensor's data inside the zip
+    raw[at + 2] ^= 0x40
+    open(path, "wb").write(bytes(raw))
+    out["flipped"] = path
+    header = bytes([0, 0, 0x08, 1]) + (4).to_bytes(4, "big")
+    out["bomb"] = _write(os.path.join(TMP, "bomb.idx.gz"), gzip.compress(header + bytes(4) + bytes(1 << 20)))
+    deflate = bytearray(gzip.compress(header + bytes(range(4)) * 64))
+    deflate[12] ^= 0xFF
+    out["deflate"] = _write(os.path.join(TMP, "bad.idx.gz"), bytes(deflate))
+    return out
+
+
+def _write(path: str, data: bytes) -> str:
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+DAMAGED = _damaged_files()
+# A damaged file is a bad *content* of the path: the message must name the file.
+for api, fn, kind, key in (("load", vaelib.load, "one bit flipped in a tensor", "flipped"),
+                           ("data.read_idx", vaelib.data.read_idx, "gzip bomb", "bomb"),
+                           ("data.read_idx", vaelib.data.read_idx, "corrupt deflate data", "deflate")):
+    _add(api, os.path.basename(DAMAGED[key]), kind, ValueError, lambda fn=fn, path=DAMAGED[key]: fn(path))
 good = {"images_path": IMAGES_IDX, "labels_path": LABELS_IDX}
 for a in good:
     _table("data.load_idx", vaelib.data.load_idx, good, a, bad_paths())
@@ -632,6 +667,7 @@ _BROAD = {  # class of bad input -> the kinds of the table it holds
         "unknown option", "None option", "string option", "early stopping without validation data", "missing folder",
         "not differentiable", "not positive definite", "not symmetric", "hidden with both modules given",
         "data in an exact subspace",
+        "one bit flipped in a tensor", "gzip bomb", "corrupt deflate data",
         "a nonlinear Gaussian VAE"},
 }
 

@@ -72,6 +72,8 @@ def test_checkpoint_records_format_version_and_config(tmp_path, trained):
     assert payload["vaelib_version"] == vaelib.__version__
     assert payload["config"] == {"x_dim": 6, "z_dim": 2, "hidden": [5], "likelihood": "gaussian"}
     assert set(payload["state_dict"]) == set(trained.state_dict())
+    # A SHA-256 of everything else, which load verifies (tests/test_edges_files.py damages files).
+    assert payload["sha256"] == vaelib.checkpoint._digest(payload) and len(payload["sha256"]) == 64
 
 
 def test_save_overwrites_and_leaves_no_temporary_file(tmp_path, trained):

@@ -12,8 +12,11 @@
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import os
+import stat
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -228,38 +231,74 @@ _IDX_DTYPES = {
 }
 
 
+#: Bytes read at a time from an IDX file (or its gzip stream): memory grows with the data, not with a claim.
+_IDX_CHUNK = 1 << 20
+
+
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an IDX file (the format of MNIST and Fashion-MNIST), gzip-compressed or not.
 
     The header is two zero bytes, a type code, the number of dimensions ``k``, then ``k`` big-endian
-    32-bit sizes; the data follow.
+    32-bit sizes; the data follow. The file is streamed: the header fixes the exact size of the data, and
+    no more than one byte beyond it is ever read (or decompressed), so a small ``.gz`` that inflates to
+    gigabytes is rejected after reading a few bytes, and memory grows only with data actually present.
 
     Raises:
-        ValueError: the file does not start with an IDX magic number, or is truncated or too long.
+        ValueError: the file does not start with an IDX magic number, or is truncated or too long, or its
+            gzip data are corrupt.
     """
     path = check_path("path", path)
-    with open(path, "rb") as f:
-        raw = f.read()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as err:
-            raise ValueError(f"{os.fspath(path)}: truncated or corrupt gzip data ({err})") from err
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
-        raise ValueError(f"{os.fspath(path)}: not an IDX file (bad magic number {raw[:4].hex()})")
-    dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
+    name = os.fspath(path)
+    with open(path, "rb") as f:  # errors of the file system itself (missing file, permissions) surface here
+        if f.peek(2)[:2] == b"\x1f\x8b":  # peek, not read and seek back: a pipe cannot seek
+            try:
+                with gzip.GzipFile(fileobj=f, mode="rb") as stream:
+                    return _read_idx_stream(name, stream, size=None)
+            except (OSError, EOFError, zlib.error) as err:  # BadGzipFile is an OSError
+                raise ValueError(f"{name}: truncated or corrupt gzip data ({err})") from err
+        info = os.fstat(f.fileno())  # a pipe or a device has no length: it is read as a stream
+        return _read_idx_stream(name, f, size=info.st_size if stat.S_ISREG(info.st_mode) else None)
+
+
+def _read_exactly(stream: io.BufferedIOBase, n: int) -> bytearray:
+    """Up to ``n`` bytes of ``stream`` (fewer only at its end), read in bounded chunks."""
+    out = bytearray()
+    while len(out) < n:
+        chunk = stream.read(min(_IDX_CHUNK, n - len(out)))
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def _read_idx_stream(name: str, stream: io.BufferedIOBase, size: int | None) -> np.ndarray:
+    """:func:`read_idx` on an open stream; ``size``: the whole file's length, if known without reading."""
+    magic = stream.read(4)
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES or magic[3] == 0:
+        raise ValueError(f"{name}: not an IDX file (bad magic number {magic.hex()})")
+    dtype, ndim = _IDX_DTYPES[magic[2]], magic[3]
     header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"{os.fspath(path)}: truncated IDX header")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    sizes = stream.read(4 * ndim)
+    if len(sizes) < 4 * ndim:
+        raise ValueError(f"{name}: truncated IDX header")
+    shape = tuple(int.from_bytes(sizes[4 * i : 4 * i + 4], "big") for i in range(ndim))
     expected = header + math.prod(shape) * dtype.itemsize  # exact: np.prod would wrap around int64
-    if len(raw) != expected:
-        what = "truncated" if len(raw) < expected else "longer than its header says"
-        raise ValueError(
-            f"{os.fspath(path)}: IDX file {what}: header says shape {shape} ({expected} bytes), "
-            f"file has {len(raw)} bytes"
+
+    def wrong_size(actual: int | None) -> ValueError:
+        what = "longer than its header says" if actual is None or actual > expected else "truncated"
+        has = "more" if actual is None else str(actual)
+        return ValueError(
+            f"{name}: IDX file {what}: header says shape {shape} ({expected} bytes), file has {has} bytes"
         )
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+    if size is not None and size != expected:  # a regular file's length is known without reading it
+        raise wrong_size(size)
+    data = _read_exactly(stream, expected - header)
+    if len(data) < expected - header:
+        raise wrong_size(header + len(data))
+    if stream.read(1):  # the one byte past the end that tells a longer file (the stream need not end)
+        raise wrong_size(None)
+    return np.frombuffer(data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="), copy=False)
 
 
 def load_idx(
