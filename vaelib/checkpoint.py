@@ -70,7 +70,7 @@ FORMAT_VERSION = 2
 #: (:attr:`vaelib.VAE.config`), or, for any other model, all of those but ``hidden``.
 CONFIG_KEYS = ("x_dim", "z_dim", "hidden", "likelihood")
 CUSTOM_CONFIG_KEYS = ("x_dim", "z_dim", "likelihood")
-#: The payload field holding the SHA-256 digest (hex) of all the others (see :func:`_digest`).
+#: The payload field holding the SHA-256 digest (hex) of all the others (see ``_digest``).
 DIGEST_KEY = "sha256"
 
 

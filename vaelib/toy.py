@@ -337,7 +337,7 @@ class LinearGaussian:
         ``x: (n, D)``; returns ``(n,)``, in ``x``'s dtype promoted with the model's.
 
         **Formulation.** With :math:`r = x - b` and the QR factorisation :math:`A = [W; \sigma I_d] = QR`
-        (up to a column reversal, :meth:`_factor64`),
+        (up to a column reversal, ``_factor64``),
 
         .. math:: r^\top C^{-1} r = \min_z \bigl(\|r - Wz\|^2 + \sigma^2\|z\|^2\bigr)/\sigma^2
                   = \|e\|^2/\sigma^2, \qquad
@@ -414,7 +414,7 @@ class LinearGaussian:
 
         Mean :math:`M^{-1}W^\top(x-b)/\sigma^2`, covariance :math:`M^{-1}` (the same for every ``x``),
         :math:`M = I + W^\top W/\sigma^2`. Neither :math:`M` nor its inverse is formed: with
-        :math:`A = [W; \sigma I]`, :math:`AJ = QR` (:meth:`_factor64`), the ``scale_tril`` is
+        :math:`A = [W; \sigma I]`, :math:`AJ = QR` (``_factor64``), the ``scale_tril`` is
         :math:`\sigma J R^{-1} J` (lower triangular, :math:`(\sigma JR^{-1}J)(\sigma JR^{-1}J)^\top =
         \sigma^2 (A^\top A)^{-1} = M^{-1}`) and the mean :math:`(A^\top A)^{-1}W^\top(x - b)` comes from the
         corrected semi-normal equations with an exactly computed residual. The mean is accurate to a
