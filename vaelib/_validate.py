@@ -84,16 +84,6 @@ def check_same_shape(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
         )
 
 
-def check_broadcast(**tensors: Tensor) -> torch.Size:
-    """Return the common broadcast shape of the named tensors; raise ``ValueError`` naming them otherwise."""
-    try:
-        return torch.broadcast_shapes(*(t.shape for t in tensors.values()))
-    except RuntimeError as err:
-        names = ", ".join(tensors)
-        shapes = ", ".join(str(tuple(t.shape)) for t in tensors.values())
-        raise ValueError(f"{names} must broadcast together, got shapes {shapes}") from err
-
-
 def check_binary(name: str, x: Tensor) -> None:
     """Raise ``ValueError`` unless every entry of ``x`` is 0 or 1 (the support of a Bernoulli)."""
     if not _is_binary(x):
@@ -128,9 +118,9 @@ def check_int(name: str, value: object, *, minimum: int = 1, maximum: int = INT_
     return int(value)
 
 
-def check_count(name: str, value: object, per_item: int, *, minimum: int = 1) -> int:
+def check_count(name: str, value: object, per_item: int, *, minimum: int = 1, maximum: int = INT_MAX) -> int:
     """:func:`check_int`, and ``value * per_item`` numbers must fit in :data:`MAX_ELEMENTS`."""
-    value = check_int(name, value, minimum=minimum)
+    value = check_int(name, value, minimum=minimum, maximum=maximum)
     if value * max(per_item, 1) > MAX_ELEMENTS:
         raise ValueError(
             f"{name}={value} would need a tensor of {value * per_item:.3g} numbers, more than any machine "

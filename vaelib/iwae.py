@@ -82,7 +82,7 @@ def iwae_bound(
     if not isinstance(model, VAE):
         raise TypeError(f"model must be a vaelib.VAE, got {type(model).__name__}")
     x = model.check_x(x)
-    k = check_count("k", check_int("k", k, maximum=MAX_K), x.shape[0] * (model.x_dim + model.z_dim))
+    k = check_count("k", k, per_item=x.shape[0] * (model.x_dim + model.z_dim), maximum=MAX_K)
     check_generator("generator", generator)
     mu, logvar = run_encoder(model, x)
     return torch.logsumexp(_log_weights(model, x, mu, logvar, k, generator), 0) - math.log(k)

@@ -13,7 +13,9 @@ A :class:`VAE` is two modules and the name of a likelihood:
 writes (a convolutional network, another activation, dropout); a subclass may instead override
 :meth:`VAE.encode` and :meth:`VAE.decode`. Every function of :mod:`vaelib` that takes a model reaches it
 through those two methods only (:func:`run_encoder`, :func:`run_decoder`), so whatever the model computes
-is what gets trained, scored, sampled and saved.
+is what gets trained, scored, sampled and saved. The one exception is exact: for the built-in MLP left as
+built (:func:`is_builtin_mlp`), :func:`vaelib.fit` and :func:`vaelib.log_likelihood` compute the same
+numbers from its layers directly, faster.
 
 Chapter 3 uses the linear special case (``hidden=()``, Gaussian), which is probabilistic PCA with an
 amortised Gaussian posterior; chapters 4 and 6 train the MLP; chapter 6 also trains a convolutional one.

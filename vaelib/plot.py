@@ -112,7 +112,8 @@ def manifold_grid(
         raise TypeError(f"model must be a vaelib.VAE, got {type(model).__name__}")
     if model.z_dim != 2:
         raise ValueError(f"manifold_grid needs a model with z_dim=2, got {model.z_dim}")
-    n = check_count("n", n, per_item=n * model.x_dim if isinstance(n, int) else 1, minimum=2)
+    n = check_int("n", n, minimum=2)
+    check_count("n", n, per_item=n * model.x_dim, minimum=2)  # the n x n decoded images
     span = check_float("span", span)
     if not 0 < span < 1:
         raise ValueError(f"span must lie in (0, 1), got {span}")
