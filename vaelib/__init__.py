@@ -14,7 +14,9 @@ module                    what it holds                                         
 :mod:`vaelib.backprop`    the ELBO's gradient by hand (the built-in MLP's fast path)   5, 6
 :mod:`vaelib.model`       the VAE: your encoder and decoder, or the built-in MLP       4, 6
 :mod:`vaelib.train`       fitting a VAE by maximising the ELBO                         3, 4, 6
-:mod:`vaelib.iwae`        the importance-weighted bound and log-likelihood estimates   6
+:mod:`vaelib.cache`       training once for several chapters (a memo of ``fit``)       6, 7
+:mod:`vaelib.iwae`        the importance-weighted bound and log-likelihood estimates   6, 7
+:mod:`vaelib.posterior`   the best Gaussian for each image (the inference gap)         7
 :mod:`vaelib.generate`    sampling from the prior, interpolation                       6
 :mod:`vaelib.data`        bundled real digits, IDX reader                              4, 6
 :mod:`vaelib.checkpoint`  safe save/load                                               6
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 from ._version import __version__
 
-from . import data, plot, toy
+from . import data, plot, posterior, toy
 from .backprop import elbo_backward
 from .checkpoint import load, save
 from .densities import log_bernoulli, log_normal
@@ -37,6 +39,7 @@ from .iwae import iwae_bound, log_likelihood
 from .kl import gaussian_kl, kl_normal
 from .model import VAE
 from .sampling import reparameterize
+from .cache import fit_cached
 from .train import History, TrainingDivergedError, fit
 
 __all__ = [
@@ -50,6 +53,7 @@ __all__ = [
     "elbo",
     "elbo_backward",
     "fit",
+    "fit_cached",
     "gaussian_kl",
     "interpolate",
     "iwae_bound",
@@ -65,5 +69,6 @@ __all__ = [
     "score_function_grad",
     "data",
     "plot",
+    "posterior",
     "toy",
 ]

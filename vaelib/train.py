@@ -77,6 +77,7 @@ class History:
         seconds: wall-clock time of each epoch (training and validation).
         best_epoch: 1-based epoch with the best validation ELBO (``None`` without ``valid``).
         stopped_early: whether early stopping ended training before ``epochs``.
+        from_cache: whether :func:`vaelib.fit_cached` read this training from its cache instead of running it.
     """
 
     train_elbo: list[float] = field(default_factory=list)
@@ -87,6 +88,7 @@ class History:
     seconds: list[float] = field(default_factory=list)
     best_epoch: int | None = None
     stopped_early: bool = False
+    from_cache: bool = False
 
     @property
     def epochs(self) -> int:

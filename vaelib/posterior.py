@@ -1,0 +1,239 @@
+r"""The best Gaussian for each image: per-example posteriors fitted with the decoder fixed (chapter 7).
+
+The encoder of a VAE *amortises* inference: one network maps every image to its
+:math:`q_\phi(z|x) = \mathcal{N}(\mu_\phi(x), \operatorname{diag}\sigma^2_\phi(x))`. To see what that
+costs, chapter 7 fits a Gaussian to each image separately, maximising that image's ELBO over the Gaussian's
+own parameters while the decoder stays fixed (Cremer, Li & Duvenaud 2018):
+
+.. math:: q^*(z|x) = \arg\max_{q \in \mathcal{Q}} \mathcal{L}[q; x], \qquad
+          \mathcal{L}[q; x] = \mathbb{E}_{q}\bigl[\log p_\theta(x|z) + \log p(z)\bigr] + \mathcal{H}[q]
+
+A :class:`Gaussian` is written as the reparameterisation of chapter 5, :math:`z = \mu + L\epsilon` with
+:math:`\epsilon \sim \mathcal{N}(0, I)` and :math:`L` lower triangular with positive diagonal
+:math:`\sigma`: diagonal (:math:`L = \operatorname{diag}\sigma`) or full covariance (:math:`\Sigma = LL^\top`).
+By the change of variables (eq. ``reparam-change-of-variables`` of chapter 5)
+:math:`\log q(z) = \log\mathcal{N}(\epsilon; 0, I) - \sum_j \log\sigma_j`, and the entropy is exact,
+:math:`\mathcal{H}[q] = \tfrac d2 \log(2\pi e) + \sum_j \log\sigma_j`.
+
+:func:`fit_gaussian` runs Adam on a Monte Carlo estimate of :math:`\sum_n \mathcal{L}[q_n; x_n]` (the images
+are independent, so one optimiser serves them all); :func:`gaussian_elbo` and :func:`gaussian_log_likelihood`
+score the result with fresh draws. Every model goes through its own :meth:`~vaelib.VAE.decode`, so a decoder
+of your own, a Gaussian likelihood and float64 work the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ._validate import check_count, check_float, check_generator, check_int, check_tensor
+from .model import VAE, log_px_given, run_decoder, run_encoder
+
+Covariance = str  # "diagonal" or "full"
+
+
+@dataclass
+class Gaussian:
+    r"""One Gaussian per example, :math:`z = \mu + L\epsilon`: ``mu`` ``(n, d)``, ``log_std`` ``(n, d)``
+    (the log of :math:`L`'s diagonal), and ``lower`` ``(n, d, d)`` (its strictly lower part; ``None`` for a
+    diagonal Gaussian; entries on and above the diagonal are ignored)."""
+
+    mu: Tensor
+    log_std: Tensor
+    lower: Tensor | None = None
+
+    @property
+    def scale_tril(self) -> Tensor:
+        """:math:`L` ``(n, d, d)``: lower triangular with diagonal ``exp(log_std)``."""
+        diag = torch.diag_embed(self.log_std.exp())
+        return diag if self.lower is None else diag + self.lower.tril(-1)
+
+    def rsample(self, eps: Tensor) -> Tensor:
+        r""":math:`z = \mu + L\epsilon` for ``eps`` ``(S, n, d)``: differentiable in the parameters."""
+        if self.lower is None:
+            return self.mu + self.log_std.exp() * eps
+        return self.mu + torch.einsum("nij,snj->sni", self.scale_tril, eps)
+
+    def log_prob_of(self, eps: Tensor) -> Tensor:
+        r""":math:`\log q(z)` ``(S, n)`` at :math:`z = \mu + L\epsilon`, by the change of variables."""
+        return -0.5 * (eps.pow(2) + math.log(2 * math.pi)).sum(-1) - self.log_std.sum(-1)
+
+    def entropy(self) -> Tensor:
+        r""":math:`\mathcal{H}[q] = \tfrac d2\log(2\pi e) + \sum_j \log\sigma_j`, ``(n,)``, exact."""
+        d = self.mu.shape[-1]
+        return 0.5 * d * math.log(2 * math.pi * math.e) + self.log_std.sum(-1)
+
+    def detach(self) -> "Gaussian":
+        """The same Gaussian, detached from any graph."""
+        lower = None if self.lower is None else self.lower.detach()
+        return Gaussian(self.mu.detach(), self.log_std.detach(), lower)
+
+
+def encoder_gaussian(model: VAE, x: Tensor) -> Gaussian:
+    r"""The encoder's :math:`q_\phi(z|x)` for each row of ``x``, as a diagonal :class:`Gaussian`."""
+    _check_model(model)
+    x = model.check_x(x)
+    with torch.no_grad():
+        mu, logvar = run_encoder(model, x)
+    return Gaussian(mu, 0.5 * logvar)
+
+
+def fit_gaussian(
+    model: VAE,
+    x: Tensor,
+    *,
+    covariance: Covariance = "diagonal",
+    init: Gaussian | None = None,
+    steps: int = 300,
+    n_samples: int = 4,
+    lr: float = 0.02,
+    seed: int = 0,
+) -> Gaussian:
+    r"""The best Gaussian :math:`q^*(z|x_n)` for each image ``x`` ``(n, x_dim)``, with the decoder fixed.
+
+    Maximises :math:`\sum_n \mathcal{L}[q_n; x_n]` (the ELBO, with its entropy exact and its expectation
+    estimated from ``n_samples`` reparameterised draws per image and step) by ``steps`` of Adam whose
+    learning rate falls from ``lr`` to 0 on a cosine schedule. The model's parameters are not changed and
+    receive no gradient.
+
+    Args:
+        model: a :class:`vaelib.VAE` (any decoder).
+        x: data ``(n, x_dim)``.
+        covariance: ``"diagonal"`` (the encoder's family) or ``"full"`` (:math:`L` lower triangular).
+        init: the starting Gaussians (default: the encoder's :math:`q_\phi(z|x)`, with :math:`L`'s off-diagonal
+            part 0); a diagonal ``init`` starts a full fit with zero correlations.
+        steps: Adam steps.
+        n_samples: draws of :math:`\epsilon` per image and step.
+        lr: Adam's initial learning rate.
+        seed: seeds the draws.
+
+    Returns:
+        The fitted :class:`Gaussian` (detached).
+    """
+    _check_model(model)
+    x = model.check_x(x)
+    if covariance not in ("diagonal", "full"):
+        raise ValueError(f"covariance must be 'diagonal' or 'full', got {covariance!r}")
+    steps = check_int("steps", steps)
+    n_samples = check_count("n_samples", n_samples, per_item=x.shape[0] * (model.x_dim + model.z_dim))
+    lr = check_float("lr", lr, minimum=0.0, strict=True)
+    seed = check_int("seed", seed, minimum=0)
+    start = encoder_gaussian(model, x) if init is None else _check_gaussian(model, x, init)
+    n, d = start.mu.shape
+    mu = start.mu.detach().clone().requires_grad_()
+    log_std = start.log_std.detach().clone().requires_grad_()
+    params = [mu, log_std]
+    lower = None
+    if covariance == "full":
+        lower = (torch.zeros(n, d, d, dtype=mu.dtype, device=mu.device) if start.lower is None
+                 else start.lower.detach().tril(-1).clone()).requires_grad_()
+        params.append(lower)
+    q = Gaussian(mu, log_std, lower)
+    optimizer = torch.optim.Adam(params, lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    g = torch.Generator(device=mu.device).manual_seed(seed)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:  # the decoder is fixed: no gradient flows into (or accumulates in) the model
+        p.requires_grad_(False)
+    try:
+        for _ in range(steps):
+            eps = torch.randn((n_samples, n, d), generator=g, dtype=mu.dtype, device=mu.device)
+            objective = _log_joint(model, x, q.rsample(eps)).mean(0) + q.entropy()
+            optimizer.zero_grad()
+            (-objective.sum()).backward()
+            optimizer.step()
+            schedule.step()
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+    result = q.detach()
+    if not all(bool(torch.isfinite(t).all()) for t in (result.mu, result.log_std)):
+        raise FloatingPointError("fit_gaussian diverged (non-finite parameters): lower lr or raise n_samples")
+    return result
+
+
+def gaussian_elbo(
+    model: VAE, x: Tensor, q: Gaussian, n_samples: int = 1000, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    r"""The ELBO :math:`\mathcal{L}[q_n; x_n]` of each image under its Gaussian, and its standard error.
+
+    Estimated with ``n_samples`` fresh draws per image (the entropy exact). Returns ``(elbo, se)``, each
+    ``(n,)``: the mean over the draws and its standard error (their standard deviation over
+    :math:`\sqrt{S}`).
+    """
+    _check_model(model)
+    x = model.check_x(x)
+    q = _check_gaussian(model, x, q)
+    n_samples = check_int("n_samples", n_samples, minimum=2)
+    check_generator("generator", generator)
+    values = torch.cat([_log_joint(model, x, q.rsample(eps)) for eps in _draws(q, n_samples, generator)])
+    values = values + q.entropy()
+    return values.mean(0), values.std(0) / math.sqrt(n_samples)
+
+
+def gaussian_log_likelihood(
+    model: VAE, x: Tensor, q: Gaussian, k: int = 1000, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    r"""The importance-weighted bound :math:`\mathcal{L}_K` with the Gaussians ``q`` as proposals.
+
+    Returns ``(estimate, se)``, each ``(n,)``: one draw of :math:`\log \frac1K \sum_k w_k`,
+    :math:`w = p_\theta(x, z)/q(z)`, and the delta-method standard error
+    :math:`\sqrt{(\overline{w^2}/\bar w^{\,2} - 1)/K}` computed from the same weights (reliable when the
+    weights are not heavy-tailed, that is when ``q`` is close to the posterior).
+    """
+    _check_model(model)
+    x = model.check_x(x)
+    q = _check_gaussian(model, x, q)
+    k = check_int("k", k, minimum=2)
+    check_generator("generator", generator)
+    log_w = torch.cat([_log_joint(model, x, q.rsample(eps)) - q.log_prob_of(eps)
+                       for eps in _draws(q, k, generator)])
+    estimate = torch.logsumexp(log_w, 0) - math.log(k)
+    w = (log_w - log_w.max(0).values).exp()  # rescaled: the ratio below is scale-free
+    relative_variance = (w.pow(2).mean(0) / w.mean(0).pow(2) - 1).clamp_min(0)
+    return estimate, (relative_variance / k).sqrt()
+
+
+# --- helpers -----------------------------------------------------------------------------------------
+_CHUNK = 100  # draws decoded at once in the scoring functions
+
+
+def _log_joint(model: VAE, x: Tensor, z: Tensor) -> Tensor:
+    r""":math:`\log p_\theta(x|z) + \log p(z)`, ``(S, n)``, for ``z`` ``(S, n, d)``."""
+    log_pz = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
+    return log_px_given(model, x, run_decoder(model, z)) + log_pz
+
+
+def _draws(q: Gaussian, total: int, generator: torch.Generator | None):
+    n, d = q.mu.shape
+    with torch.no_grad():
+        for start in range(0, total, _CHUNK):
+            size = min(_CHUNK, total - start)
+            yield torch.randn((size, n, d), generator=generator, dtype=q.mu.dtype, device=q.mu.device)
+
+
+def _check_model(model: VAE) -> None:
+    if not isinstance(model, VAE):
+        raise TypeError(f"model must be a vaelib.VAE, got {type(model).__name__}")
+
+
+def _check_gaussian(model: VAE, x: Tensor, q: Gaussian) -> Gaussian:
+    if not isinstance(q, Gaussian):
+        raise TypeError(f"q must be a vaelib.posterior.Gaussian, got {type(q).__name__}")
+    want = (x.shape[0], model.z_dim)
+    for name, t in (("mu", q.mu), ("log_std", q.log_std)):
+        check_tensor(f"q.{name}", t, ndim=2)
+        if tuple(t.shape) != want:
+            raise ValueError(f"q.{name} has shape {tuple(t.shape)}; expected {want} for x of {x.shape[0]} rows")
+        if t.dtype != x.dtype:
+            raise TypeError(f"q.{name} has dtype {t.dtype}; expected the data's {x.dtype}")
+    if q.lower is not None:
+        check_tensor("q.lower", q.lower, ndim=3)
+        if tuple(q.lower.shape) != (*want, model.z_dim):
+            raise ValueError(f"q.lower has shape {tuple(q.lower.shape)}; expected {(*want, model.z_dim)}")
+        if q.lower.dtype != x.dtype:
+            raise TypeError(f"q.lower has dtype {q.lower.dtype}; expected the data's {x.dtype}")
+    return q
