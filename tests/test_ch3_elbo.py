@@ -77,7 +77,7 @@ def test_zero_variance_at_the_posterior(seed):
 
 
 def mean_field_gap(precision: torch.Tensor) -> torch.Tensor:
-    """Eq. (eq-mean-field-gap): 0.5 (sum_j log Lambda_jj - log det Lambda)."""
+    """Eq. (eq-mean-field-gap): 0.5 (sum_j log M_jj - log det M), M the posterior precision."""
     return 0.5 * (torch.diagonal(precision, dim1=-2, dim2=-1).log().sum(-1) - torch.logdet(precision))
 
 
@@ -97,10 +97,10 @@ def test_optimising_q_full_and_mean_field(seed, x_dim, z_dim):
     assert torch.allclose(full.mean, post.mean, atol=1e-4)
 
     mf = fit_gaussian_q(model, x, full_covariance=False, steps=600, lr=0.05)
-    Lam = post.precision_matrix
-    assert torch.allclose(mf.kl[-1], mean_field_gap(Lam), atol=1e-7)
-    assert torch.allclose(log_px - mf.elbo[-1], mean_field_gap(Lam), atol=1e-7)
-    assert torch.allclose(torch.diagonal(mf.cov, dim1=-2, dim2=-1), 1 / torch.diagonal(Lam, dim1=-2, dim2=-1),
+    M = post.precision_matrix
+    assert torch.allclose(mf.kl[-1], mean_field_gap(M), atol=1e-7)
+    assert torch.allclose(log_px - mf.elbo[-1], mean_field_gap(M), atol=1e-7)
+    assert torch.allclose(torch.diagonal(mf.cov, dim1=-2, dim2=-1), 1 / torch.diagonal(M, dim1=-2, dim2=-1),
                           atol=1e-4)
     for fit in (full, mf):  # the identity along the whole optimisation path
         assert (log_px - (fit.elbo + fit.kl)).abs().max() < 1e-10

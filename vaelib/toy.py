@@ -1,18 +1,18 @@
 r"""A tractable latent-variable model: the linear-Gaussian model, and probabilistic PCA.
 
-.. math:: z \sim \mathcal{N}(0, I_d), \qquad x \mid z \sim \mathcal{N}(Wz + b, \sigma^2 I_D)
+.. math:: z \sim \mathcal{N}(0, I_d), \qquad x \mid z \sim \mathcal{N}(Wz + b, \sigma_x^2 I_D)
 
 Everything the book needs is known in closed form here, so every approximation can be checked against
 the exact answer (chapters 1–3):
 
-* evidence :math:`p(x) = \mathcal{N}(x;\, b,\, WW^\top + \sigma^2 I)`,
-* posterior :math:`p(z|x) = \mathcal{N}\bigl(M^{-1}W^\top(x-b)/\sigma^2,\; M^{-1}\bigr)`,
-  :math:`M = I + W^\top W/\sigma^2`,
+* evidence :math:`p(x) = \mathcal{N}(x;\, b,\, WW^\top + \sigma_x^2 I)`,
+* posterior :math:`p(z|x) = \mathcal{N}\bigl(M^{-1}W^\top(x-b)/\sigma_x^2,\; M^{-1}\bigr)`,
+  :math:`M = I + W^\top W/\sigma_x^2`,
 * the ELBO of any Gaussian :math:`q(z) = \mathcal{N}(m, S)`.
 
 Use ``float64`` tensors when checking identities "to floating-point precision". The exact quantities are
 evaluated in ``float64`` for ``float32`` models too (and rounded once), stably for every
-:math:`\sigma/\|W\|` (see :meth:`LinearGaussian.log_evidence` for the stated accuracy); ``float16`` and
+:math:`\sigma_x/\|W\|` (see :meth:`LinearGaussian.log_evidence` for the stated accuracy); ``float16`` and
 ``bfloat16`` are refused with a ``TypeError``.
 """
 
@@ -84,7 +84,7 @@ def _exact_residual_pair(x: Tensor, b: Tensor, W: Tensor, z: Tensor) -> tuple[Te
 
 
 def _exact_residual(x: Tensor, b: Tensor, W: Tensor, z: Tensor) -> Tensor:
-    """``x - b - z @ W.T``, correctly rounded up to ``O(d eps^2)`` (see :func:`_exact_residual_pair`)."""
+    """``x - b - z @ W.T``, correctly rounded up to ``O(d eps^2)`` (see ``_exact_residual_pair``)."""
     s, err = _exact_residual_pair(x, b, W, z)
     return s + err
 
@@ -116,13 +116,13 @@ def _dot_pair(hi: Tensor, lo: Tensor, W: Tensor) -> Tensor:
 
 
 class _MarginalNormal(MultivariateNormal):
-    r""":math:`\mathcal{N}(b, WW^\top + \sigma^2 I)` whose :meth:`log_prob` is :meth:`LinearGaussian.log_evidence`.
+    r""":math:`\mathcal{N}(b, WW^\top + \sigma_x^2 I)` whose :meth:`log_prob` is :meth:`LinearGaussian.log_evidence`.
 
     Its ``scale_tril`` is built stably (see :meth:`LinearGaussian.marginal`), but even a correctly rounded
-    ``D x D`` factor cannot carry :math:`\log p(x)` accurately when :math:`\sigma \ll \|W\|`: rounding its
+    ``D x D`` factor cannot carry :math:`\log p(x)` accurately when :math:`\sigma_x \ll \|W\|`: rounding its
     entries tilts the thin directions of the Gaussian by :math:`\epsilon`, which moves a point at distance
-    :math:`\|x - b\|` by :math:`\epsilon\|x-b\| \gg \sigma` across them. So the density is evaluated from
-    :math:`W, b, \sigma` themselves, to the accuracy stated in :meth:`LinearGaussian.log_evidence`.
+    :math:`\|x - b\|` by :math:`\epsilon\|x-b\| \gg \sigma_x` across them. So the density is evaluated from
+    :math:`W, b, \sigma_x` themselves, to the accuracy stated in :meth:`LinearGaussian.log_evidence`.
     """
 
     _model: "LinearGaussian"
@@ -143,19 +143,19 @@ class _MarginalNormal(MultivariateNormal):
 
 
 class LinearGaussian:
-    r"""The linear-Gaussian latent-variable model :math:`p(x, z) = \mathcal{N}(x; Wz+b, \sigma^2 I)\,\mathcal{N}(z; 0, I)`.
+    r"""The linear-Gaussian latent-variable model :math:`p(x, z) = \mathcal{N}(x; Wz+b, \sigma_x^2 I)\,\mathcal{N}(z; 0, I)`.
 
     Args:
         W: loading matrix, ``(D, d)``, ``float32`` or ``float64``.
         b: offset, ``(D,)``, the dtype of ``W``.
-        sigma: observation noise standard deviation :math:`\sigma > 0`.
+        sigma: observation noise standard deviation :math:`\sigma_x > 0` (the book's :math:`\sigma_x`).
 
     **Numerics.** The exact quantities (:meth:`log_evidence`, :meth:`marginal`, :meth:`posterior`,
     :meth:`elbo`, :meth:`log_likelihood`) are evaluated in ``float64`` whatever the model's dtype (a
     ``float32`` model is exactly the ``float64`` model with the same, representable, parameters) and
-    rounded once to the result's dtype. None of them forms :math:`M = I + W^\top W/\sigma^2` or the
-    Woodbury difference :math:`r^\top r/\sigma^2 - r^\top W M^{-1} W^\top r/\sigma^4`, which cancels
-    catastrophically when :math:`\sigma \ll \|W\|`; see :meth:`log_evidence`.
+    rounded once to the result's dtype. None of them forms :math:`M = I + W^\top W/\sigma_x^2` or the
+    Woodbury difference :math:`r^\top r/\sigma_x^2 - r^\top W M^{-1} W^\top r/\sigma_x^4`, which cancels
+    catastrophically when :math:`\sigma_x \ll \|W\|`; see :meth:`log_evidence`.
     """
 
     def __init__(self, W: Tensor, b: Tensor, sigma: float) -> None:
@@ -192,8 +192,8 @@ class LinearGaussian:
         r"""The generative model of a linear Gaussian VAE, as a :class:`LinearGaussian`.
 
         A :class:`vaelib.VAE` with ``hidden=()`` and ``likelihood="gaussian"`` has the prior
-        :math:`\mathcal{N}(0, I)` and the decoder :math:`p_\theta(x|z) = \mathcal{N}(x;\, Wz + b,\, \sigma^2 I)`
-        with ``W``, ``b`` its decoder's single linear layer and :math:`\sigma^2 = \exp(\text{obs_logvar})`:
+        :math:`\mathcal{N}(0, I)` and the decoder :math:`p_\theta(x|z) = \mathcal{N}(x;\, Wz + b,\, \sigma_x^2 I)`
+        with ``W``, ``b`` its decoder's single linear layer and :math:`\sigma_x^2 = \exp(\text{obs_logvar})`:
         exactly this model (:meth:`vaelib.VAE.linear_gaussian_parameters` reads them off). So its exact :math:`\log p(x)` (:meth:`log_evidence`) and the exact ELBO of
         its encoder's Gaussian :math:`q` (:meth:`elbo`) are known (chapter 3).
 
@@ -241,12 +241,12 @@ class LinearGaussian:
         return -0.5 * (self.z_dim * LOG_2PI + z.pow(2).sum(-1))
 
     def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
-        r""":math:`\log p(x|z) = \log\mathcal{N}(x; Wz+b, \sigma^2 I)`.
+        r""":math:`\log p(x|z) = \log\mathcal{N}(x; Wz+b, \sigma_x^2 I)`.
 
         The residual :math:`x - Wz - b` is evaluated naively when a bound on its rounding error shows that
         :math:`\|x - Wz - b\|^2` is accurate to a relative :math:`2^{-44}` (the usual case), and otherwise
         (``x`` close to the plane :math:`\{Wz + b\}`, relative to :math:`|x|`, as at the posterior when
-        :math:`\sigma \ll \|W\|`) with exact products and compensated sums, correctly rounded.
+        :math:`\sigma_x \ll \|W\|`) with exact products and compensated sums, correctly rounded.
 
         Args:
             x: ``(n, D)``.
@@ -297,13 +297,13 @@ class LinearGaussian:
     def _factor64(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         r"""``(W, b, Q, R)`` in float64, with the thin QR factorisation :math:`AJ = QR` of
 
-        .. math:: A = \begin{bmatrix} W \\ \sigma I_d \end{bmatrix} \in \mathbb{R}^{(D+d) \times d},
-                  \qquad A^\top A = \sigma^2 M = W^\top W + \sigma^2 I,
+        .. math:: A = \begin{bmatrix} W \\ \sigma_x I_d \end{bmatrix} \in \mathbb{R}^{(D+d) \times d},
+                  \qquad A^\top A = \sigma_x^2 M = W^\top W + \sigma_x^2 I,
 
         ``J`` the reversal of the columns (so that the posterior's scale factor comes out lower triangular)
         and ``diag(R) > 0``. :math:`A` has full column rank (its singular values are
-        :math:`\sqrt{s_i(W)^2 + \sigma^2} \ge \sigma`) and condition number
-        :math:`\kappa(A) \le \kappa(W)` for every :math:`\sigma`; ``W^T W`` is never formed.
+        :math:`\sqrt{s_i(W)^2 + \sigma_x^2} \ge \sigma_x`) and condition number
+        :math:`\kappa(A) \le \kappa(W)` for every :math:`\sigma_x`; ``W^T W`` is never formed.
         """
         W, b = self.W.to(_F64), self.b.to(_F64)
         d = self.z_dim
@@ -313,15 +313,15 @@ class LinearGaussian:
         return W, b, Q * sign, R * sign[:, None]
 
     def marginal(self) -> MultivariateNormal:
-        r"""The evidence distribution :math:`p(x) = \mathcal{N}(b, WW^\top + \sigma^2 I)`.
+        r"""The evidence distribution :math:`p(x) = \mathcal{N}(b, WW^\top + \sigma_x^2 I)`.
 
         Its ``scale_tril`` :math:`L = R^\top` comes from the QR factorisation of
-        :math:`[W^\top; \sigma I_D]`, a ``(d + D) x D`` matrix with :math:`R^\top R = WW^\top + \sigma^2 I`:
-        backward stable, always positive definite, with no rounding of :math:`\sigma^2` against
+        :math:`[W^\top; \sigma_x I_D]`, a ``(d + D) x D`` matrix with :math:`R^\top R = WW^\top + \sigma_x^2 I`:
+        backward stable, always positive definite, with no rounding of :math:`\sigma_x^2` against
         :math:`\|W\|^2` (``covariance_matrix`` is :math:`LL^\top`). Its ``log_prob`` is :meth:`log_evidence`
         (same accuracy), not the triangular solve with :math:`L`: a rounded ``D x D`` factor cannot carry
-        :math:`\log p(x)` accurately when :math:`\sigma \ll \|W\|` (its error grows like
-        :math:`\epsilon\|x - b\|/\sigma`). Sampling and ``entropy`` use :math:`L`.
+        :math:`\log p(x)` accurately when :math:`\sigma_x \ll \|W\|` (its error grows like
+        :math:`\epsilon\|x - b\|/\sigma_x`). Sampling and ``entropy`` use :math:`L`.
         """
         W = self.W.to(_F64)
         B = torch.cat([W.T, self.sigma * torch.eye(self.x_dim, dtype=_F64)], 0)
@@ -332,27 +332,27 @@ class LinearGaussian:
         return dist
 
     def log_evidence(self, x: Tensor) -> Tensor:
-        r"""Exact :math:`\log p(x) = \log\mathcal{N}(x; b, C)`, :math:`C = WW^\top + \sigma^2 I`, per row of ``x``.
+        r"""Exact :math:`\log p(x) = \log\mathcal{N}(x; b, C)`, :math:`C = WW^\top + \sigma_x^2 I`, per row of ``x``.
 
         ``x: (n, D)``; returns ``(n,)``, in ``x``'s dtype promoted with the model's.
 
-        **Formulation.** With :math:`r = x - b` and the QR factorisation :math:`A = [W; \sigma I_d] = QR`
+        **Formulation.** With :math:`r = x - b` and the QR factorisation :math:`A = [W; \sigma_x I_d] = QR`
         (up to a column reversal, ``_factor64``),
 
-        .. math:: r^\top C^{-1} r = \min_z \bigl(\|r - Wz\|^2 + \sigma^2\|z\|^2\bigr)/\sigma^2
-                  = \|e\|^2/\sigma^2, \qquad
-                  \log\det C = 2(D - d)\log\sigma + 2\sum_i \log R_{ii},
+        .. math:: r^\top C^{-1} r = \min_z \bigl(\|r - Wz\|^2 + \sigma_x^2\|z\|^2\bigr)/\sigma_x^2
+                  = \|e\|^2/\sigma_x^2, \qquad
+                  \log\det C = 2(D - d)\log\sigma_x + 2\sum_i \log R_{ii},
 
         where :math:`e = [r; 0] - A m` is the residual of the ridge least-squares problem, :math:`m` its
         solution (the posterior mean). Every term is a sum of squares or of logarithms of positive numbers:
-        nothing cancels, and no matrix whose condition grows with :math:`\|W\|/\sigma` or
-        :math:`\sigma/\|W\|` is formed (:math:`\kappa(A) \le \kappa(W)`). The textbook form
-        :math:`r^\top r/\sigma^2 - r^\top W M^{-1} W^\top r/\sigma^4` subtracts two numbers of size
-        :math:`\|r\|^2/\sigma^2` to leave one of size :math:`D`: it is off by nats at
-        :math:`\sigma/\|W\| = 10^{-8}` and by thousands of nats at :math:`10^{-10}`.
+        nothing cancels, and no matrix whose condition grows with :math:`\|W\|/\sigma_x` or
+        :math:`\sigma_x/\|W\|` is formed (:math:`\kappa(A) \le \kappa(W)`). The textbook form
+        :math:`r^\top r/\sigma_x^2 - r^\top W M^{-1} W^\top r/\sigma_x^4` subtracts two numbers of size
+        :math:`\|r\|^2/\sigma_x^2` to leave one of size :math:`D`: it is off by nats at
+        :math:`\sigma_x/\|W\| = 10^{-8}` and by thousands of nats at :math:`10^{-10}`.
 
-        The one unavoidable cancellation is :math:`r - Wm`, of size :math:`\sigma` when :math:`\|r\| \sim
-        \|W\| \gg \sigma`. It is computed with exact products and compensated sums from the exact ``x``,
+        The one unavoidable cancellation is :math:`r - Wm`, of size :math:`\sigma_x` when :math:`\|r\| \sim
+        \|W\| \gg \sigma_x`. It is computed with exact products and compensated sums from the exact ``x``,
         ``b``, ``W`` (so that the computed :math:`m`'s own rounding is the only error left in it), and
         then projected off :math:`\operatorname{range}(A)` with :math:`Q`, which removes :math:`A(m -
         m_\star)`: the error left in :math:`e` is :math:`O(\epsilon\,\kappa(A)\|e\|)`.
@@ -360,8 +360,8 @@ class LinearGaussian:
         **Accuracy.** Let :math:`S = \tfrac12\bigl(D\log 2\pi + |\log\det C| + r^\top C^{-1}r\bigr) \ge
         |\log p(x)|` (the two are equal unless the terms cancel, so this is a relative error wherever
         :math:`\log p(x)` is not near 0), :math:`\epsilon = 2^{-52}` and :math:`\kappa = \kappa(A) =
-        \sqrt{(s_{\max}(W)^2 + \sigma^2)/(s_{\min}(W)^2 + \sigma^2)} \le \kappa(W)`. For every
-        :math:`\sigma/\|W\|` in :math:`[10^{-12}, 10^{12}]` (and beyond), for ``x`` near the model or far
+        \sqrt{(s_{\max}(W)^2 + \sigma_x^2)/(s_{\min}(W)^2 + \sigma_x^2)} \le \kappa(W)`. For every
+        :math:`\sigma_x/\|W\|` in :math:`[10^{-12}, 10^{12}]` (and beyond), for ``x`` near the model or far
         from it, against the exact value for the given inputs:
 
         * float64: :math:`|\text{error}| \le 4D\,\epsilon\,\kappa\, S`;
@@ -371,9 +371,9 @@ class LinearGaussian:
         Measured against 80-digit arithmetic (``tests/test_edges_toy.py``): at most
         :math:`4.4 \times 10^{-16} S` for standard-normal ``W`` (no visible growth with :math:`\kappa`),
         and :math:`2.7 \times 10^{-16}\kappa S` for ``W`` with :math:`\kappa(W)` up to :math:`10^8`. The
-        factor :math:`\kappa` is the problem's own: when :math:`s_{\min}(W) \lesssim \sigma \ll
+        factor :math:`\kappa` is the problem's own: when :math:`s_{\min}(W) \lesssim \sigma_x \ll
         s_{\max}(W)`, a one-ulp change of ``W`` moves :math:`\log p(x)` by about
-        :math:`\epsilon\,s_{\max}/\sigma`. It costs :math:`O(nDd + Dd^2)`; no ``D x D`` matrix is formed.
+        :math:`\epsilon\,s_{\max}/\sigma_x`. It costs :math:`O(nDd + Dd^2)`; no ``D x D`` matrix is formed.
         """
         check_tensor("x", x, ndim=2, last_dim=self.x_dim)
         return self._log_evidence64(x).to(torch.promote_types(x.dtype, self.W.dtype))
@@ -393,12 +393,12 @@ class LinearGaussian:
         r"""The posterior mean :math:`m = (A^\top A)^{-1}W^\top r` of each row of ``x``, ``(n, d)``, float64.
 
         By the corrected semi-normal equations (Björck): :math:`(A^\top A)^{-1} = JR^{-1}R^{-\top}J` applied
-        to :math:`W^\top r`, then one correction with the gradient :math:`W^\top(r - Wm) - \sigma^2 m`, its
+        to :math:`W^\top r`, then one correction with the gradient :math:`W^\top(r - Wm) - \sigma_x^2 m`, its
         residual and dot products computed exactly (they cancel: :math:`W^\top r` can be much smaller than
         :math:`|W|^\top|r|`). The least-squares form :math:`JR^{-1}Q^\top[r; 0]` would not do: when
-        :math:`\sigma \gg \|W\|` the entries of :math:`Q`'s upper block are tiny and only absolutely
+        :math:`\sigma_x \gg \|W\|` the entries of :math:`Q`'s upper block are tiny and only absolutely
         accurate, and :math:`m` would lose its relative accuracy. Relative error :math:`O(\epsilon\,\kappa(A))`
-        for every :math:`\sigma`.
+        for every :math:`\sigma_x`.
         """
 
         def solve(g: Tensor) -> Tensor:  # (A^T A)^{-1} g for rows g
@@ -412,14 +412,14 @@ class LinearGaussian:
     def posterior(self, x: Tensor) -> MultivariateNormal:
         r"""Exact posterior :math:`p(z|x)` for each row of ``x: (n, D)``: a batch of ``n`` Gaussians.
 
-        Mean :math:`M^{-1}W^\top(x-b)/\sigma^2`, covariance :math:`M^{-1}` (the same for every ``x``),
-        :math:`M = I + W^\top W/\sigma^2`. Neither :math:`M` nor its inverse is formed: with
-        :math:`A = [W; \sigma I]`, :math:`AJ = QR` (``_factor64``), the ``scale_tril`` is
-        :math:`\sigma J R^{-1} J` (lower triangular, :math:`(\sigma JR^{-1}J)(\sigma JR^{-1}J)^\top =
-        \sigma^2 (A^\top A)^{-1} = M^{-1}`) and the mean :math:`(A^\top A)^{-1}W^\top(x - b)` comes from the
+        Mean :math:`M^{-1}W^\top(x-b)/\sigma_x^2`, covariance :math:`M^{-1}` (the same for every ``x``),
+        :math:`M = I + W^\top W/\sigma_x^2`. Neither :math:`M` nor its inverse is formed: with
+        :math:`A = [W; \sigma_x I]`, :math:`AJ = QR` (``_factor64``), the ``scale_tril`` is
+        :math:`\sigma_x J R^{-1} J` (lower triangular, :math:`(\sigma_x JR^{-1}J)(\sigma_x JR^{-1}J)^\top =
+        \sigma_x^2 (A^\top A)^{-1} = M^{-1}`) and the mean :math:`(A^\top A)^{-1}W^\top(x - b)` comes from the
         corrected semi-normal equations with an exactly computed residual. The mean is accurate to a
         relative :math:`O(\epsilon\,\kappa(A))` and the covariance to :math:`O(\epsilon\,\kappa(A)^2)`,
-        :math:`\kappa(A) \le \kappa(W)`, for every :math:`\sigma/\|W\|` (measured against 80-digit
+        :math:`\kappa(A) \le \kappa(W)`, for every :math:`\sigma_x/\|W\|` (measured against 80-digit
         arithmetic over :math:`[10^{-12}, 10^{12}]` with standard-normal ``W``: below :math:`4 \times
         10^{-16}` and :math:`4 \times 10^{-15}`). The distribution is in ``x``'s dtype promoted with the
         model's.
@@ -435,7 +435,9 @@ class LinearGaussian:
     def elbo(self, x: Tensor, q_mean: Tensor, q_cov: Tensor) -> Tensor:
         r"""Exact ELBO :math:`\mathbb{E}_q[\log p(x,z)] + \mathbb{H}[q]` of a Gaussian :math:`q = \mathcal{N}(m, S)`.
 
-        .. math:: \mathcal{L} = \log\mathcal{N}(x; Wm+b, \sigma^2 I) - \frac{\operatorname{tr}(W S W^\top)}{2\sigma^2}
+        Implements eq. ``eq-elbo-linear-gaussian`` of chapter 3:
+
+        .. math:: \mathcal{L} = \log\mathcal{N}(x; Wm+b, \sigma_x^2 I) - \frac{\operatorname{tr}(W S W^\top)}{2\sigma_x^2}
                   - \tfrac12\bigl(\|m\|^2 + \operatorname{tr} S\bigr) + \tfrac12\log\det S + \tfrac{d}{2}
 
         Evaluated in float64 with :math:`\operatorname{tr}(WSW^\top) = \|WL\|_F^2` (:math:`S = LL^\top`, a
@@ -480,8 +482,8 @@ def ppca(x: Tensor, z_dim: int) -> LinearGaussian:
     With the sample mean :math:`\bar x`, the sample covariance's eigenvalues
     :math:`\lambda_1 \ge \dots \ge \lambda_D` and eigenvectors :math:`U`,
 
-    .. math:: b = \bar x, \qquad \sigma^2 = \frac{1}{D-d}\sum_{j>d}\lambda_j, \qquad
-              W = U_d\,(\Lambda_d - \sigma^2 I)^{1/2}
+    .. math:: b = \bar x, \qquad \sigma_x^2 = \frac{1}{D-d}\sum_{j>d}\lambda_j, \qquad
+              W = U_d\,\bigl(\operatorname{diag}(\lambda_1, \dots, \lambda_d) - \sigma_x^2 I\bigr)^{1/2}
 
     (unique up to a rotation of the latent space). ``ppca(x, d).log_evidence(x).sum()`` is the maximum
     log-likelihood any linear-Gaussian model with ``d`` latent dimensions attains on ``x``.
@@ -491,9 +493,9 @@ def ppca(x: Tensor, z_dim: int) -> LinearGaussian:
     :math:`O(\sqrt n\,\epsilon\, s_1)`, so small :math:`\lambda_j` to :math:`O(n\epsilon^2\lambda_1)`, where
     forming the covariance would leave them at :math:`O(\sqrt n\,\epsilon\lambda_1)`.
 
-    **Degenerate data.** If the data lie in an affine subspace of dimension ``<= z_dim``, :math:`\sigma^2`
+    **Degenerate data.** If the data lie in an affine subspace of dimension ``<= z_dim``, :math:`\sigma_x^2`
     would be 0; rounding leaves it at the level of rounding noise instead, and a model with that
-    :math:`\sigma` would be meaningless. So ``ValueError`` is raised when
+    :math:`\sigma_x` would be meaningless. So ``ValueError`` is raised when
 
     .. math:: s_{d+1} \le \bigl(D\,\epsilon_x + \sqrt{n}\,\epsilon_{64}\bigr)\,\|X\|_F,
 
@@ -509,7 +511,7 @@ def ppca(x: Tensor, z_dim: int) -> LinearGaussian:
     :math:`0.4\,\epsilon_{32}\|X\|_F` for float32 data, and :math:`6\,\epsilon_{64}\|X\|_F` (about
     :math:`0.02\sqrt n\,\epsilon_{64}\|X\|_F` for large ``n``) for float64 data, a margin of at least 5
     below the tolerance. Data whose spread off the best ``z_dim``-dimensional subspace is larger are
-    fitted, with :math:`\sigma^2` accurate to a relative :math:`O(\sqrt n\,\epsilon_{64}\, s_1/s_{d+1})`.
+    fitted, with :math:`\sigma_x^2` accurate to a relative :math:`O(\sqrt n\,\epsilon_{64}\, s_1/s_{d+1})`.
 
     Args:
         x: data, ``(n, D)``, float32 or float64, with ``n >= 2`` and ``z_dim < D``.
@@ -782,7 +784,7 @@ def fit_gaussian_q(
 ) -> GaussianFit:
     r"""Fit :math:`q(z) = \mathcal{N}(m, S)` to each row of ``x`` by gradient ascent (Adam) on the exact ELBO.
 
-    Maximises :meth:`LinearGaussian.elbo` (eq. ``eq-elbo`` of chapter 3) over :math:`m` and a factor
+    Maximises :meth:`LinearGaussian.elbo` (eq. ``eq-elbo-linear-gaussian`` of chapter 3) over :math:`m` and a factor
     :math:`L` of :math:`S = LL^\top`, starting from the prior :math:`q = \mathcal{N}(0, I)`. The diagonal
     of :math:`L` is the exponential of a free parameter, so :math:`S` stays positive definite.
 
