@@ -546,6 +546,37 @@ if hasattr(toy, "fit_gaussian_q"):
 
 
 # Public callables with no bad inputs to try, and why.
+# Training once for several chapters, and the best Gaussian per image (chapter 7).
+import tempfile as _tempfile  # noqa: E402
+
+from vaelib import posterior as _posterior  # noqa: E402
+
+good = {"model": BERN, "train": XB, "epochs": 1, "progress": False, "cache_dir": _tempfile.mkdtemp()}
+_table("fit_cached", vaelib.fit_cached, good, "model", bad_models())
+_table("fit_cached", vaelib.fit_cached, good, "train", bad_tensors(XB))
+_table("fit_cached", vaelib.fit_cached, good, "epochs", bad_counts())
+_one("fit_cached", vaelib.fit_cached, good, "key", "not a string", 3, TypeError)
+
+good = {"model": BERN, "x": XB}
+_table("posterior.encoder_gaussian", _posterior.encoder_gaussian, good, "model", bad_models())
+_table("posterior.encoder_gaussian", _posterior.encoder_gaussian, good, "x", bad_tensors(XB))
+good = {"model": BERN, "x": XB, "steps": 2}
+_table("posterior.fit_gaussian", _posterior.fit_gaussian, good, "model", bad_models())
+_table("posterior.fit_gaussian", _posterior.fit_gaussian, good, "x", bad_tensors(XB))
+_table("posterior.fit_gaussian", _posterior.fit_gaussian, good, "steps", bad_counts())
+_table("posterior.fit_gaussian", _posterior.fit_gaussian, good, "n_samples", bad_counts())
+_table("posterior.fit_gaussian", _posterior.fit_gaussian, good, "lr", [*bad_reals(), ("zero number", 0.0, ValueError)])
+_one("posterior.fit_gaussian", _posterior.fit_gaussian, good, "covariance", "unknown family", "banded", ValueError)
+_Q = _posterior.encoder_gaussian(BERN, XB)
+for _name, _fn in (("posterior.gaussian_elbo", _posterior.gaussian_elbo),
+                   ("posterior.gaussian_log_likelihood", _posterior.gaussian_log_likelihood)):
+    good = {"model": BERN, "x": XB, "q": _Q}
+    _table(_name, _fn, good, "model", bad_models())
+    _table(_name, _fn, good, "x", bad_tensors(XB))
+    _one(_name, _fn, good, "q", "not a Gaussian", (_Q.mu, _Q.log_std), TypeError)
+    _one(_name, _fn, good, "q", "one row too few", _posterior.Gaussian(_Q.mu[1:], _Q.log_std[1:]), ValueError)
+    _one(_name, _fn, good, "q", "NaN mean", _posterior.Gaussian(_Q.mu * math.nan, _Q.log_std), ValueError)
+
 EXEMPT = {
     "ActiveUnits": "result container built by active_units()",
     "ELBOTerms": "result container built by elbo()",
@@ -557,6 +588,11 @@ EXEMPT = {
     "data.Digits.subset": "indexes like a tensor: a bad index is torch's own IndexError",
     "toy.GaussianFit": "result container built by fit_gaussian_q()",
     "toy.LinearGaussian.marginal": "no arguments",
+    "posterior.Gaussian": "result container built by fit_gaussian() and encoder_gaussian()",
+    "posterior.Gaussian.detach": "no arguments",
+    "posterior.Gaussian.entropy": "no arguments",
+    "posterior.Gaussian.log_prob_of": "tensor arithmetic on its own fields; the public scorers validate q",
+    "posterior.Gaussian.rsample": "tensor arithmetic on its own fields; the public scorers validate q",
 }
 
 
@@ -638,16 +674,17 @@ _BROAD = {  # class of bad input -> the kinds of the table it holds
         "string number", "None number", "None model", "torch module model", "a VAE model", "int generator",
         "numpy generator", "int path", "None path", "bytes path", "not callable", "not a distribution",
         "int hidden", "string hidden", "float width", "int option", "int dtype", "string dtype", "function module", "int model",
-        "int module", "dtype device"},
+        "int module", "dtype device", "not a string", "not a Gaussian"},
     "float32/float64 data unlike the model's dtype": {
         "float64 data for a float32 model", "float64 data (bernoulli)", "float64 data (gaussian)",
         "float64 codes (bernoulli)", "float64 codes (gaussian)", "float32 codes for a float64 model",
         "float32 proposal for a float64 model",
         "float32 for a float64 model", "float32 data for a float64 model", "dtype unlike W's"},
-    "NaN or inf": {"NaN", "inf", "NaN number", "inf number"},
+    "NaN or inf": {"NaN", "inf", "NaN number", "inf number", "NaN mean"},
     "wrong rank or shape": {"wrong rank", "wrong size", "scalar", "shapes that do not broadcast",
                             "shapes that broadcast too far",
-                            "one latent dimension", "several data points", "wrong output shape", "wrong event shape"},
+                            "one latent dimension", "several data points", "wrong output shape", "wrong event shape",
+                            "one row too few"},
     "empty batch": {"empty batch"},
     "float8, sparse or meta tensors; a device that holds no data here": {
         "float8 tensor", "sparse tensor", "meta tensor", "meta device", "unavailable device", "float16 tensor",
@@ -664,7 +701,7 @@ _BROAD = {  # class of bad input -> the kinds of the table it holds
         "data wider than the model", "batch of z unlike x's", "batch of z unlike x's (bernoulli)",
         "batch of z unlike x's (gaussian)", "rows unlike x's", "a model with z_dim=3", "a Bernoulli VAE"},
     "unknown option or impossible setting": {
-        "unknown option", "None option", "string option", "early stopping without validation data", "missing folder",
+        "unknown option", "None option", "string option", "unknown family", "early stopping without validation data", "missing folder",
         "not differentiable", "not positive definite", "not symmetric", "hidden with both modules given",
         "data in an exact subspace",
         "one bit flipped in a tensor", "gzip bomb", "corrupt deflate data",

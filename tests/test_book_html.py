@@ -535,3 +535,286 @@ def test_no_remote_resources_in_built_files(html_dir):
         for url in _CSS_REMOTE.findall(sheet.read_text(encoding="utf-8", errors="replace")):
             offenders.append(f"{sheet.relative_to(html_dir)}: {url}")
     assert not offenders, "remote resources:\n" + "\n".join(offenders)
+
+
+# ---------------------------------------------------------------------------------------------
+# The live latent explorer of chapter 6 (_static/latent_explorer.js, vaelib/explorer.py)
+# ---------------------------------------------------------------------------------------------
+
+EXPLORER_PAGE = "book/ch6_generative"
+# Codes inside the plane and far outside the prior, where logits are large and a naive sigmoid breaks.
+EXPLORER_CODES = [[0.0, 0.0], [0.7, -1.3], [-2.5, 2.2], [3.4, 3.4], [8.0, -8.0], [30.0, 30.0],
+                  [-30.0, 12.0], [-200.0, -150.0]]
+_EXPLORER_DATA = re.compile(
+    r'<script type="application/json" class="vaelib-explorer-data">([^<]*)</script>')
+
+
+def explorer_reference(html_file: Path):
+    """The model embedded in the page, loaded into vaelib VAEs of its shape: (payload, float32, float64).
+
+    Read with NumPy from the documented layout (base64 little-endian float32, weight (out, in)), not
+    through vaelib.explorer, so the test does not trust the code that wrote it.
+    """
+    import numpy as np
+    import torch
+
+    import vaelib
+
+    found = _EXPLORER_DATA.findall(html_file.read_text(encoding="utf-8"))
+    assert len(found) == 1, f"{html_file}: expected one latent explorer, found {len(found)}"
+    payload = json.loads(found[0])
+    layers = payload["layers"]
+    hidden = tuple(layer["out"] for layer in layers[:-1])
+    models = []
+    for dtype in (torch.float32, torch.float64):
+        model = vaelib.VAE(payload["x_dim"], payload["z_dim"], hidden=tuple(reversed(hidden)), seed=0).to(dtype)
+        linears = [*list(model.decoder.body)[::2], model.decoder.to_x]
+        assert len(linears) == len(layers)
+        with torch.no_grad():
+            for lin, layer in zip(linears, layers):
+                w = np.frombuffer(base64.b64decode(layer["weight"]), "<f4").reshape(layer["out"], layer["in"])
+                b = np.frombuffer(base64.b64decode(layer["bias"]), "<f4")
+                lin.weight.copy_(torch.from_numpy(w.copy()))
+                lin.bias.copy_(torch.from_numpy(b.copy()))
+        models.append(model)
+    return payload, models[0], models[1]
+
+
+# The explorer's state, as the test reads it after each action.
+EXPLORER_STATE_JS = r"""
+(() => {
+  const X = window.vaelibExplorer;
+  const ctx = X.image.getContext("2d");
+  const [h, w] = X.imageShape;
+  const drawn = Array.from(ctx.getImageData(0, 0, w, h).data.filter((_, i) => i % 4 === 0));
+  return {z: X.getZ(), pixels: Array.from(X.pixels()), drawn: drawn,
+          text: X.element.querySelector("output.vaelib-explorer-z").textContent,
+          focused: document.activeElement === X.plane};
+})()
+"""
+
+# Colours the reader sees, in each theme: the page, the explorer's text and its plane.
+EXPLORER_LOOK_JS = r"""
+(() => {
+  const X = window.vaelibExplorer;
+  const probe = document.createElement("canvas").getContext("2d", {willReadFrequently: true});
+  const rgb = css => { probe.clearRect(0, 0, 1, 1); probe.fillStyle = "#000"; probe.fillStyle = css;
+                       probe.fillRect(0, 0, 1, 1); return Array.from(probe.getImageData(0, 0, 1, 1).data.slice(0, 3)); };
+  const style = e => getComputedStyle(e);
+  // the background behind the explorer: the first opaque one among it and its ancestors
+  let page = X.element;
+  while (page && style(page).backgroundColor === "rgba(0, 0, 0, 0)") page = page.parentElement;
+  const vars = style(X.element);
+  const corner = Array.from(X.plane.getContext("2d").getImageData(2, 2, 1, 1).data.slice(0, 3));
+  const readout = X.element.querySelector("output.vaelib-explorer-z");
+  const legend = X.element.querySelector(".vaelib-explorer-legend");
+  const section = X.element.closest("section");
+  return {
+    theme: document.documentElement.dataset.theme,
+    page: rgb(page ? style(page).backgroundColor : "#fff"),
+    readout: rgb(style(readout).color), legend: rgb(style(legend).color),
+    caption: rgb(style(X.element.querySelector(".vaelib-explorer-caption")).color),
+    help: rgb(style(X.element.querySelector(".vaelib-explorer-help")).color),
+    planeBg: rgb(vars.getPropertyValue("--vx-plane-bg")), planeInk: rgb(vars.getPropertyValue("--vx-ink")),
+    planeCorner: corner,
+    tabIndex: X.plane.tabIndex, ariaLabel: X.plane.getAttribute("aria-label") || "",
+    swatches: X.element.querySelectorAll(".vaelib-explorer-swatch").length,
+    fallbackLeft: !!X.element.querySelector(".vaelib-explorer-fallback"),
+    imagesInSection: section ? section.querySelectorAll("img").length : 0,
+    planeCss: [X.plane.clientWidth, X.plane.clientHeight],
+  };
+})()
+"""
+
+
+def _luminance(rgb) -> float:
+    def lin(c):
+        c = c / 255
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+    r, g, b = (lin(c) for c in rgb)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def _contrast(a, b) -> float:
+    la, lb = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+def _parse_readout(text: str) -> list[float]:
+    m = re.fullmatch(r"z = \(([−-]?\d+\.\d\d), ([−-]?\d+\.\d\d)\)", text)
+    assert m, f"the code is not shown as 'z = (z1, z2)': {text!r}"
+    return [float(v.replace("−", "-")) for v in m.groups()]
+
+
+@pytest.mark.parametrize("theme", ["light", "dark"])
+def test_latent_explorer(theme, html_dir, server, browser):
+    """The explorer decodes like vaelib, follows a drag and the arrow keys, offline, in both themes."""
+    import numpy as np
+    import torch
+
+    html_file = html_dir / f"{EXPLORER_PAGE}.html"
+    assert html_file.is_file(), f"{html_file} was not built"
+    payload, ref32, ref64 = explorer_reference(html_file)
+    R = payload["extent"]
+
+    chrome = browser
+    target = chrome.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+    session = chrome.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+    try:
+        for domain in ("Page", "Network", "Runtime", "Log"):
+            chrome.send(f"{domain}.enable", session=session)
+        chrome.send("Network.setCacheDisabled", {"cacheDisabled": True}, session=session)
+        chrome.send("Emulation.setDeviceMetricsOverride",
+                    {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False}, session=session)
+        # The theme's default mode is "auto": it follows the reader's system preference.
+        chrome.send("Emulation.setEmulatedMedia",
+                    {"features": [{"name": "prefers-color-scheme", "value": theme}]}, session=session)
+        start = len(chrome.events)
+        chrome.send("Page.navigate", {"url": f"{server}/{EXPLORER_PAGE}.html"}, session=session)
+        chrome.wait_event("Page.loadEventFired", session, start, PAGE_TIMEOUT)
+        _evaluate(chrome, session, PAGE_REPORT_JS)
+
+        def ev(js):
+            return _evaluate(chrome, session, js)
+
+        assert ev("typeof window.vaelibExplorer") == "object", "the explorer did not start"
+
+        # 1. decode agrees with vaelib's decoder for the same weights, inside the plane and far outside.
+        js = np.array(ev(f"{json.dumps(EXPLORER_CODES)}.map(z => Array.from(vaelibExplorer.decode(z)))"))
+        z = torch.tensor(EXPLORER_CODES)
+        with torch.no_grad():
+            want32 = ref32.mean(z).double().numpy()
+            want64 = ref64.mean(torch.tensor(EXPLORER_CODES, dtype=torch.float64)).numpy()
+        assert js.shape == (len(EXPLORER_CODES), payload["x_dim"])
+        assert np.isfinite(js).all() and (js >= 0).all() and (js <= 1).all()
+        err32, err64 = np.abs(js - want32).max(), np.abs(js - want64).max()
+        assert err32 < 1e-5, f"decode differs from vaelib's float32 decoder by {err32:.2e}"
+        assert err64 < 1e-9, f"decode differs from the same model in float64 by {err64:.2e}"
+        far = np.abs(np.array(ev("Array.from(vaelibExplorer.logits([30, 30]))"))).max()
+        assert far > 30, f"[30, 30] should give large logits (the sigmoid's hard case), got {far:.1f}"
+
+        # 2. what the reader sees: the decoded image, the code as text, a legend, both themes readable.
+        ev("vaelibExplorer.element.scrollIntoView({block: 'center'})")
+        time.sleep(0.2)
+        look = ev(EXPLORER_LOOK_JS)
+        assert look["theme"] == theme, look
+        assert look["tabIndex"] >= 0 and len(look["ariaLabel"]) > 20, look
+        assert look["swatches"] == 10 and not look["fallbackLeft"], look
+        assert look["imagesInSection"] >= 1, "the static grid is no longer beside the explorer"
+        assert look["planeCss"][0] >= 200 and look["planeCss"][0] == look["planeCss"][1], look
+        for what in ("readout", "legend", "caption", "help"):
+            assert _contrast(look[what], look["page"]) >= 4.5, (what, look)
+        assert _contrast(look["planeInk"], look["planeBg"]) >= 4.5, look
+        assert look["planeCorner"] == look["planeBg"], look
+        assert (_luminance(look["planeBg"]) < 0.1) == (theme == "dark"), look
+
+        def state():
+            s = ev(EXPLORER_STATE_JS)
+            p = np.array(s["pixels"])
+            with torch.no_grad():
+                want = ref64.mean(torch.tensor(s["z"], dtype=torch.float64)).numpy()
+            assert np.abs(p - want).max() < 1e-9, "the image drawn is not the decoder's for z"
+            drawn = np.array(s["drawn"])
+            assert np.abs(drawn - np.round(255 * (1 - p))).max() <= 1, "the canvas does not show pixels()"
+            assert np.allclose(_parse_readout(s["text"]), s["z"], atol=0.0051), s["text"]
+            return s
+
+        def shot(name):
+            clip = ev("(() => { const r = vaelibExplorer.element.getBoundingClientRect();"
+                      " return {x: r.x - 8 + scrollX, y: r.y - 8 + scrollY, width: r.width + 16,"
+                      " height: r.height + 16, scale: 1}; })()")
+            data = chrome.send("Page.captureScreenshot", {"format": "png", "clip": clip}, session=session)
+            SCREENS.mkdir(parents=True, exist_ok=True)
+            (SCREENS / f"explorer_{theme}_{name}.png").write_bytes(base64.b64decode(data["data"]))
+
+        before = state()
+        assert before["z"] == payload["start"]
+        shot("0_start")
+
+        # 3. a drag: press in the middle of the plane, move left and up, release.
+        x, y, w, h = ev("(() => { const r = vaelibExplorer.plane.getBoundingClientRect();"
+                        " return [r.x, r.y, r.width, r.height]; })()")
+        cx, cy = x + 0.55 * w, y + 0.45 * h
+
+        def mouse(kind, px, py, buttons):
+            chrome.send("Input.dispatchMouseEvent",
+                        {"type": kind, "x": px, "y": py, "button": "left" if kind != "mouseMoved" else
+                         ("left" if buttons else "none"), "buttons": buttons, "clickCount": 1},
+                        session=session)
+
+        mouse("mouseMoved", cx, cy, 0)
+        mouse("mousePressed", cx, cy, 1)
+        pressed = state()
+        assert pressed["z"] != before["z"], "pressing on the plane did not move the point there"
+        assert pressed["focused"], "the plane did not take the keyboard focus when pressed"
+        for k in range(1, 7):
+            mouse("mouseMoved", cx - 10 * k, cy - 7 * k, 1)
+        mouse("mouseReleased", cx - 60, cy - 42, 0)
+        dragged = state()
+        # 60 px left and 42 px up of a plane 2R wide in about w - 46 px: z1 down, z2 up
+        per_px = 2 * R / (w - 46)
+        assert dragged["z"][0] == pytest.approx(pressed["z"][0] - 60 * per_px, abs=0.05), dragged["z"]
+        assert dragged["z"][1] == pytest.approx(pressed["z"][1] + 42 * per_px, abs=0.05), dragged["z"]
+        assert np.abs(np.array(dragged["pixels"]) - np.array(before["pixels"])).max() > 0.05, \
+            "dragging did not change the image"
+        mouse("mouseMoved", cx + 50, cy + 50, 0)  # after the release the point stays
+        assert state()["z"] == dragged["z"]
+        shot("1_dragged")
+
+        # 4. the arrow keys: one step right, a Shift step up.
+        def key(name, code, modifiers=0):
+            for kind in ("rawKeyDown", "keyUp"):
+                chrome.send("Input.dispatchKeyEvent",
+                            {"type": kind, "key": name, "code": name, "windowsVirtualKeyCode": code,
+                             "modifiers": modifiers}, session=session)
+
+        key("ArrowRight", 39)
+        right = state()
+        assert right["z"][0] == pytest.approx(dragged["z"][0] + 0.1, abs=1e-12)
+        assert right["z"][1] == dragged["z"][1]
+        assert np.abs(np.array(right["pixels"]) - np.array(dragged["pixels"])).max() > 1e-3, \
+            "the arrow key did not change the image"
+        key("ArrowUp", 38, modifiers=8)  # Shift
+        up = state()
+        assert up["z"] == [right["z"][0], pytest.approx(min(R, right["z"][1] + 0.5), abs=1e-12)]
+        shot("2_keys")
+        key("Home", 36)
+        assert state()["z"] == payload["start"]
+        # setZ clamps to the plane; decode does not.
+        assert ev("vaelibExplorer.setZ([30, -30])") == [R, -R]
+        # the reader switches the theme (the theme's button sets html[data-theme]): the plane follows.
+        other = "light" if theme == "dark" else "dark"
+        ev(f"document.documentElement.dataset.theme = '{other}'")
+        switched = ev(EXPLORER_LOOK_JS)
+        assert switched["planeCorner"] == switched["planeBg"] != look["planeBg"], switched
+        assert _contrast(switched["readout"], switched["page"]) >= 4.5, switched
+
+        events = chrome.session_events(session, start)
+    finally:
+        chrome.send("Target.closeTarget", {"targetId": target})
+    net = network_problems(events, f"{server}/{EXPLORER_PAGE}.html")
+    assert not net["external"], f"requests left the machine: {net['external']}"
+    assert not net["failed"], f"failed requests: {net['failed']}"
+    assert not net["errors"], f"JavaScript errors: {net['errors']}"
+
+
+def test_latent_explorer_from_file(html_dir, browser):
+    """Opened from file:// (no server), the explorer starts and decodes: its data is inline."""
+    url = (html_dir / f"{EXPLORER_PAGE}.html").resolve().as_uri()
+    target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+    session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+    try:
+        for domain in ("Page", "Runtime"):
+            browser.send(f"{domain}.enable", session=session)
+        start = len(browser.events)
+        browser.send("Page.navigate", {"url": url}, session=session)
+        browser.wait_event("Page.loadEventFired", session, start, PAGE_TIMEOUT)
+        result = _evaluate(browser, session, "(() => { const X = window.vaelibExplorer;"
+                           " return X ? [X.decode([1, -1]).length, X.getZ()] : null; })()")
+        events = browser.session_events(session, start)
+    finally:
+        browser.send("Target.closeTarget", {"targetId": target})
+    assert result is not None, "the explorer did not start from file://"
+    assert result[0] == 784
+    explorer_errors = [e for e in network_problems(events, url)["errors"] if "explorer" in str(e).lower()]
+    assert not explorer_errors, explorer_errors

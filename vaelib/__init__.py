@@ -21,6 +21,7 @@ module                    what it holds                                         
 :mod:`vaelib.data`        bundled real digits, IDX reader                              4, 6
 :mod:`vaelib.checkpoint`  safe save/load                                               6
 :mod:`vaelib.plot`        image grids, latent scatter, manifold                        4, 6
+:mod:`vaelib.explorer`    the decoder exported for the live latent explorer            6
 ========================  ===========================================================  =========
 """
 

@@ -50,6 +50,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor
 
+from ._validate import check_tensor
 from .checkpoint import load, save
 from .data import Digits
 from .model import VAE, has_builtin_architecture
@@ -157,6 +158,8 @@ def _key(model: VAE, train: Tensor | Digits, epochs: int, key: str | None, fit_k
 
 
 def _add_data(add: Any, label: str, data: Tensor | Digits) -> None:
+    if isinstance(data, Tensor):  # what fit would refuse (sparse, meta, ...) is refused before hashing
+        check_tensor(label.removeprefix("argument "), data, finite=False, nonempty=False)
     if isinstance(data, Digits):
         _add_tensor(add, f"{label} images", data.images)
         _add_tensor(add, f"{label} labels", data.labels)
