@@ -123,6 +123,45 @@ def test_baseline_variance(m):
     assert within(v, 8 * m**2 + 10, se)
 
 
+def _oscillating_variances(w: float, mu: float) -> tuple[float, float]:
+    """Exercise ex-ch5-oscillating, eq. oscillating-variances: (V_PW, V_SF) for f(z) = cos(w z), z ~ N(mu, 1)."""
+    c2, s2 = math.cos(2 * w * mu) * math.exp(-2 * w**2), math.sin(w * mu) ** 2
+    v_pw = w**2 * (0.5 * (1 - c2) - s2 * math.exp(-(w**2)))
+    v_sf = 0.5 * (1 + (1 - 4 * w**2) * c2) - w**2 * s2 * math.exp(-(w**2))
+    return v_pw, v_sf
+
+
+@pytest.mark.parametrize("w", [0.3, 0.87, 1.5, 4.0])
+@pytest.mark.parametrize("mu0", [0.0, 0.3, 1.2])
+def test_oscillating_variances_closed_form_against_monte_carlo(w, mu0):
+    """The per-draw variances of the pathwise (-w sin wz) and score-function (cos(wz)(z - mu)) estimates,
+    computed by the vaelib estimators themselves, match the closed forms within 5 SE."""
+    mu, logvar = torch.tensor([mu0], dtype=DTYPE), torch.zeros(1, dtype=DTYPE)
+    f = lambda z: torch.cos(w * z).sum(-1)  # noqa: E731
+    truth = -w * math.sin(w * mu0) * math.exp(-(w**2) / 2)
+    closed = _oscillating_variances(w, mu0)
+    for estimator, v_closed in zip((vaelib.pathwise_grad, vaelib.score_function_grad), closed):
+        draws = estimator(f, mu, logvar, 100_000, generator=gen(int(100 * w + 10 * mu0))).mu[:, 0]
+        assert within(draws.mean().item(), truth, draws.std().item() / math.sqrt(len(draws)))
+        v, se = variance_and_se(draws)
+        assert within(v, v_closed, se)
+
+
+def test_oscillating_crossover_and_limits():
+    """At mu = 0.3 the variances cross once, near omega = 0.8704 (not sqrt 2); V_SF -> 1/2, V_PW ~ w^2/2;
+    the difference V_PW - V_SF is 1/2 [(w^2 - 1) + (3 w^2 - 1) cos(2 w mu) e^(-2 w^2)]."""
+    diffs = [(w, _oscillating_variances(w, 0.3)) for w in torch.linspace(0.05, 8, 800).tolist()]
+    for w, (v_pw, v_sf) in diffs:
+        expected = 0.5 * ((w**2 - 1) + (3 * w**2 - 1) * math.cos(0.6 * w) * math.exp(-2 * w**2))
+        assert abs((v_pw - v_sf) - expected) < 1e-12 * max(1.0, v_pw)
+    signs = [v_pw > v_sf for _, (v_pw, v_sf) in diffs]
+    flips = [i for i in range(1, len(signs)) if signs[i] != signs[i - 1]]
+    assert len(flips) == 1
+    assert 0.86 < diffs[flips[0]][0] < 0.88
+    v_pw, v_sf = _oscillating_variances(8.0, 0.3)
+    assert abs(v_sf - 0.5) < 1e-14 and abs(v_pw / 64 - 0.5) < 1e-2
+
+
 def test_lognormal_pathwise_unbiased():
     """Exercise ex-ch5-lognormal: d/dmu E[e^z] = e^(mu + s^2/2), d/dlogvar = s^2/2 e^(mu + s^2/2)."""
     for seed, (m, lv) in enumerate([(0.3, -0.7), (-1.0, 0.5), (0.0, 0.0)]):

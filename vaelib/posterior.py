@@ -11,7 +11,7 @@ own parameters while the decoder stays fixed (Cremer, Li & Duvenaud 2018):
 A :class:`Gaussian` is written as the reparameterisation of chapter 5, :math:`z = \mu + L\epsilon` with
 :math:`\epsilon \sim \mathcal{N}(0, I)` and :math:`L` lower triangular with positive diagonal
 :math:`\sigma`: diagonal (:math:`L = \operatorname{diag}\sigma`) or full covariance (:math:`\Sigma = LL^\top`).
-By the change of variables (eq. ``reparam-change-of-variables`` of chapter 5)
+By the change of variables (eq. ``change-of-variables`` of chapter 5)
 :math:`\log q(z) = \log\mathcal{N}(\epsilon; 0, I) - \sum_j \log\sigma_j`, and the entropy is exact,
 :math:`\mathcal{H}[q] = \tfrac d2 \log(2\pi e) + \sum_j \log\sigma_j`.
 
