@@ -2,9 +2,12 @@
 #
 #   make book    build the HTML book (incremental, cached execution) -> _build/html/index.html
 #   make test    THE test command: unit tests, every chapter in a fresh kernel, a cold strict build,
-#                and a headless-browser check of the built pages; any failure exits non-zero
+#                and checks of the built pages (headless browser, downloads, header); any failure
+#                exits non-zero
 #   make venv    create/update .venv (only reinstalls when requirements.txt or pyproject.toml change)
 #   make clean   remove the build and test caches (keeps .venv); `make distclean` also removes .venv
+#   make lab     open the chapters in JupyterLab (127.0.0.1; a double-click opens a chapter as a
+#                notebook); installs requirements-lab.txt into .venv on first use (`make lab-install`)
 #
 # Every target uses the tools of .venv; nothing needs activating.
 
@@ -70,8 +73,12 @@ test: venv
 	done; \
 	echo; echo "==== make test passed in $$(( $$(date +%s) - start )) s"
 
-test-unit: venv
-	@rc=0; $(BIN)/python -m pytest tests --ignore=tests/test_book_html.py || rc=$$?; \
+# The tests that read the built book (BOOK_TESTS) run in test-browser, after the build. tests/test_lab.py
+# starts `make lab`'s server, so the unit stage installs the pinned JupyterLab first (once).
+BOOK_TESTS := tests/test_book_html.py tests/test_notebook_downloads.py tests/test_page_header.py
+
+test-unit: venv lab-install
+	@rc=0; $(BIN)/python -m pytest tests $(addprefix --ignore=,$(BOOK_TESTS)) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no unit tests were collected in tests/" >&2; fi; \
 	exit $$rc
 
@@ -90,7 +97,7 @@ test-build: venv
 	$(BIN)/jupyter-book build . $(JB_FLAGS)
 
 test-browser: venv
-	$(BIN)/python -m pytest tests/test_book_html.py --book-html=$(HTML)
+	$(BIN)/python -m pytest $(BOOK_TESTS) --book-html=$(HTML)
 
 clean:
 	rm -rf $(BUILD) .pytest_cache .hypothesis
@@ -98,3 +105,35 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV)
+
+# ---- JupyterLab for learners: `make lab` ------------------------------------------------------
+# All of its settings live in jupyter-config/ (JUPYTER_CONFIG_DIR), never in ~/.jupyter:
+#   jupyter-config/jupyter_server_config.json    bind 127.0.0.1; Jupytext's contents manager, so
+#                                                book/*.md chapters are notebooks to the server
+#   jupyter-config/labconfig/default_setting_overrides.json
+#                                                default viewer of .md files: "Jupytext Notebook"
+# What JupyterLab writes (your own settings, workspaces) goes to jupyter-config/lab/ (git-ignored).
+# The server's root is book/, so kernels start there, as in the build and the tests.
+# Extra server options: make lab LAB_ARGS="--port=8899 --no-browser"
+LAB_INSTALLED := $(VENV)/.installed-lab
+LAB_CONFIG := $(CURDIR)/jupyter-config
+LAB_ENV := JUPYTER_CONFIG_DIR=$(LAB_CONFIG) \
+           JUPYTERLAB_SETTINGS_DIR=$(LAB_CONFIG)/lab/user-settings \
+           JUPYTERLAB_WORKSPACES_DIR=$(LAB_CONFIG)/lab/workspaces
+# Jupyter refuses to run as root without --allow-root (containers, CI); a learner's laptop is not root.
+LAB_ROOT_FLAG = $(if $(filter 0,$(shell id -u)),--allow-root)
+LAB_ARGS ?=
+
+.PHONY: lab lab-install
+
+## lab-install: JupyterLab (requirements-lab.txt) into .venv; reinstalls only when that file changes.
+lab-install: $(LAB_INSTALLED)
+
+$(LAB_INSTALLED): requirements-lab.txt | $(INSTALLED)
+	$(BIN)/python -m pip install --disable-pip-version-check --quiet -r requirements-lab.txt
+	@touch $@
+
+## lab: JupyterLab on the chapters (book/), at http://127.0.0.1:8888/lab (the URL with its token is
+## printed); Ctrl+C stops it.
+lab: $(LAB_INSTALLED)
+	$(LAB_ENV) $(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR)/book $(LAB_ROOT_FLAG) $(LAB_ARGS)

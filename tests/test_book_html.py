@@ -44,7 +44,8 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-import yaml
+
+from book_toc import toc_docnames
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENS = Path(os.environ.get("BOOK_SCREENS", "/tmp/screens"))
@@ -79,24 +80,6 @@ CHROMIUM_FLAGS = [
 # Pages of the book
 # ---------------------------------------------------------------------------------------------
 
-
-def toc_docnames() -> list[str]:
-    """Docnames (``book/intro``, ...) of every page in _toc.yml, in reading order."""
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
-    names = [toc["root"]]
-
-    def walk(entries):
-        for entry in entries or []:
-            if "file" in entry:
-                names.append(entry["file"])
-            walk(entry.get("sections"))
-            walk(entry.get("chapters"))
-
-    for part in toc.get("parts", []):
-        walk(part.get("chapters"))
-    walk(toc.get("chapters"))
-    walk(toc.get("sections"))
-    return [str(Path(n).with_suffix("")) if Path(n).suffix in {".md", ".ipynb"} else n for n in names]
 
 
 PAGES = toc_docnames()
