@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +25,21 @@ HYPOTHESIS_EXAMPLES = int(os.environ.get("VAELIB_HYPOTHESIS_EXAMPLES", "40"))
 # synchronisation: on a busy 2-core machine, small linear algebra ran up to 50x slower with 2 threads
 # (spin-waiting) than with 1. One thread also makes results independent of the machine's core count.
 torch.set_num_threads(int(os.environ.get("VAELIB_TEST_THREADS", "1")))
+
+
+@pytest.fixture(scope="session")
+def html_dir(request) -> Path:
+    """The built book given by ``--book-html`` (the tests that read it are skipped without it; with it,
+    a missing build is a failure). ``make test`` passes ``--book-html=_build/html`` after the build."""
+    option = request.config.getoption("--book-html")
+    if not option:
+        pytest.skip("needs the built book: pass --book-html=_build/html (make test does)")
+    path = Path(option)
+    if not path.is_absolute():
+        path = Path(request.config.invocation_params.dir) / path
+    if not (path / "index.html").is_file() or not (path / "search.html").is_file():
+        pytest.fail(f"no built book in {path}: build it first (make book)", pytrace=False)
+    return path
 
 
 def _linear_vae(

@@ -250,17 +250,6 @@ def _find_chromium() -> str | None:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def html_dir(request) -> Path:
-    option = request.config.getoption("--book-html")
-    if option is None:
-        pytest.skip("browser check of the built book: pass --book-html=_build/html (make test does)")
-    path = Path(option)
-    if not path.is_absolute():
-        path = Path(request.config.rootpath) / path
-    if not (path / "index.html").is_file() or not (path / "search.html").is_file():
-        pytest.fail(f"no built book in {path}: build it first (make book)", pytrace=False)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -353,17 +342,23 @@ def _is_favicon(url: str) -> bool:
     return urllib.parse.urlsplit(url).path == "/favicon.ico"
 
 
-def open_page(chrome: Chromium, url: str, screenshot: Path | None = None):
-    """Load ``url`` in a fresh tab; return (report, problems with network, console and scripts)."""
+def new_tab(chrome: Chromium) -> tuple[str, str]:
+    """A fresh 1280 x 900 tab with the Page, Network, Runtime and Log domains on and the cache off;
+    returns (target id, session id). Close it with ``Target.closeTarget``."""
     target = chrome.send("Target.createTarget", {"url": "about:blank"})["targetId"]
     session = chrome.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+    for domain in ("Page", "Network", "Runtime", "Log"):
+        chrome.send(f"{domain}.enable", session=session)
+    chrome.send("Network.setCacheDisabled", {"cacheDisabled": True}, session=session)
+    chrome.send("Emulation.setDeviceMetricsOverride",
+                {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False}, session=session)
+    return target, session
+
+
+def open_page(chrome: Chromium, url: str, screenshot: Path | None = None):
+    """Load ``url`` in a fresh tab; return (report, problems with network, console and scripts)."""
+    target, session = new_tab(chrome)
     try:
-        for domain in ("Page", "Network", "Runtime", "Log"):
-            chrome.send(f"{domain}.enable", session=session)
-        chrome.send("Network.setCacheDisabled", {"cacheDisabled": True}, session=session)
-        chrome.send("Emulation.setDeviceMetricsOverride",
-                    {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False},
-                    session=session)
         start = len(chrome.events)
         chrome.send("Page.navigate", {"url": url}, session=session)
         chrome.wait_event("Page.loadEventFired", session, start, PAGE_TIMEOUT)
@@ -641,14 +636,8 @@ def test_latent_explorer(theme, html_dir, server, browser):
     R = payload["extent"]
 
     chrome = browser
-    target = chrome.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-    session = chrome.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+    target, session = new_tab(chrome)
     try:
-        for domain in ("Page", "Network", "Runtime", "Log"):
-            chrome.send(f"{domain}.enable", session=session)
-        chrome.send("Network.setCacheDisabled", {"cacheDisabled": True}, session=session)
-        chrome.send("Emulation.setDeviceMetricsOverride",
-                    {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False}, session=session)
         # The theme's default mode is "auto": it follows the reader's system preference.
         chrome.send("Emulation.setEmulatedMedia",
                     {"features": [{"name": "prefers-color-scheme", "value": theme}]}, session=session)

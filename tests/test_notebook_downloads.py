@@ -83,16 +83,6 @@ def _resolve(html_dir: Path, docname: str, href: str) -> Path:
     return html_dir / posixpath.normpath(posixpath.join(here, urllib.parse.unquote(parts.path)))
 
 
-@pytest.fixture(scope="module")
-def html_dir(request) -> Path:
-    option = request.config.getoption("--book-html")
-    if not option:
-        pytest.skip("needs the built book: pytest tests/test_notebook_downloads.py --book-html=_build/html")
-    path = Path(option)
-    path = path if path.is_absolute() else Path(request.config.invocation_params.dir) / path
-    if not (path / "index.html").is_file():
-        pytest.fail(f"no built book in {path}: build it first (make book)", pytrace=False)
-    return path
 
 
 def test_chapters_are_notebooks():

@@ -102,16 +102,6 @@ def search_controls(page: Path) -> dict[str, list[str]]:
     return regions
 
 
-@pytest.fixture(scope="module")
-def html_dir(request) -> Path:
-    option = request.config.getoption("--book-html")
-    if not option:
-        pytest.skip("needs the built book: pytest tests/test_page_header.py --book-html=_build/html")
-    path = Path(option)
-    path = path if path.is_absolute() else Path(request.config.invocation_params.dir) / path
-    if not (path / "index.html").is_file():
-        pytest.fail(f"no built book in {path}: build it first (make book)", pytrace=False)
-    return path
 
 
 @pytest.mark.parametrize("docname", PAGES)
