@@ -1,9 +1,9 @@
 # The ELBO Book: build and test.
 #
 #   make book    build the HTML book (incremental, cached execution) -> _build/html/index.html
-#   make test    THE test command: unit tests, every chapter in a fresh kernel, a cold strict build,
-#                and checks of the built pages (headless browser, downloads, header); any failure
-#                exits non-zero
+#   make test    THE test command: unit tests, every chapter once in a fresh kernel (two at a time),
+#                a strict build of every page from those results, and checks of the built pages
+#                (headless browser, downloads, header); any failure exits non-zero
 #   make venv    create/update .venv (only reinstalls when requirements.txt or pyproject.toml change)
 #   make clean   remove the build and test caches (keeps .venv); `make distclean` also removes .venv
 #   make lab     open the chapters in JupyterLab (127.0.0.1; a double-click opens a chapter as a
@@ -33,6 +33,24 @@ LIBHASH_CMD := { find vaelib -type f -name '*.py' | LC_ALL=C sort | xargs -r sha
 # The kernels that execute the chapters are started from this PATH.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
+# vaelib.fit_cached (chapters 6 and 7) stores its trainings here while the book is executed, never in
+# ~/.cache/vaelib: it lives under $(BUILD), so `make test` (which starts from an empty $(BUILD)) never
+# reads a training from an earlier run, and `make clean` removes it. Absolute: kernels run in book/.
+BOOK_ENV := VAELIB_CACHE=$(CURDIR)/$(BUILD)/vaelib-cache
+# Chapters executed at a time by `make test-chapters` (tools/run_chapters.py --jobs).
+JOBS ?= 2
+# `make book` skips jupyter-book (whose own start-up takes several seconds even with nothing to do)
+# when nothing it reads has changed since its last successful build: this fingerprint covers every
+# file of the project that git tracks or would track (so every source, configuration file, vaelib and
+# the pins), the environment's install stamps and site-packages folder, and the build flags. Outside
+# a git checkout it is empty and the build always runs.
+BOOK_FINGERPRINT := $(BUILD)/.book-fingerprint
+FINGERPRINT_CMD := if [ "$$(git rev-parse --show-toplevel 2>/dev/null)" = "$(CURDIR)" ]; then \
+  { git ls-files -z --cached --others --exclude-standard | LC_ALL=C sort -z | \
+      { xargs -0r sha256sum 2>&1 || true; }; \
+    stat -c '%n %Y' $(VENV)/.installed* $(VENV)/lib/*/site-packages 2>&1 || true; \
+    echo '$(JB_FLAGS)'; } | sha256sum | cut -c1-64; fi
+
 .PHONY: book test venv clean distclean cache-check test-unit test-chapters test-build test-browser
 
 ## venv: create .venv with $(PYTHON) if missing; (re)install only when the pins change.
@@ -43,8 +61,9 @@ $(INSTALLED): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --disable-pip-version-check --quiet -r requirements.txt -e .
 	@touch $@
 
-## cache-check: clear the execution cache (and Sphinx's environment, so every page is re-read and
-## re-executed) when vaelib/*.py, pyproject.toml or requirements.txt changed since the last build.
+## cache-check: clear the execution caches (jupyter-cache's, vaelib.fit_cached's, and Sphinx's
+## environment, so every page is re-read and re-executed) when vaelib/*.py, pyproject.toml,
+## requirements.txt or benchmarks/results.json changed since the last build.
 cache-check:
 	@mkdir -p $(BUILD)
 	@new="$$($(LIBHASH_CMD))"; \
@@ -52,26 +71,41 @@ cache-check:
 	  if [ -d $(BUILD)/.jupyter_cache ] || [ -d $(BUILD)/.doctrees ]; then \
 	    echo "vaelib or the pinned environment changed: clearing the execution cache"; \
 	  fi; \
-	  rm -rf $(BUILD)/.jupyter_cache $(BUILD)/.doctrees $(BUILD)/jupyter_execute; \
+	  rm -rf $(BUILD)/.jupyter_cache $(BUILD)/.doctrees $(BUILD)/jupyter_execute \
+	         $(BUILD)/vaelib-cache $(BOOK_FINGERPRINT); \
 	  echo "$$new" > $(LIBHASH_FILE); \
 	fi
 
-## book: strict build; pages whose code and library are unchanged come from the cache.
+## book: strict build; pages whose code and library are unchanged come from the cache. With nothing
+## changed since the last successful build (same fingerprint, and no other Sphinx run since: the
+## environment Sphinx saves on every run is older than the fingerprint), it does not start at all.
 book: venv cache-check
-	$(BIN)/jupyter-book build . $(JB_FLAGS)
+	@fp="$$($(FINGERPRINT_CMD))"; \
+	if [ -n "$$fp" ] && [ -f $(HTML)/index.html ] && [ -f $(BUILD)/.doctrees/environment.pickle ] && \
+	   [ ! $(BUILD)/.doctrees/environment.pickle -nt $(BOOK_FINGERPRINT) ] && \
+	   [ "$$fp" = "$$(cat $(BOOK_FINGERPRINT) 2>/dev/null || true)" ]; then \
+	  echo "Nothing the build reads has changed since its last successful run: $(HTML) is up to date."; \
+	else \
+	  rm -f $(BOOK_FINGERPRINT); \
+	  echo "$(BOOK_ENV) $(BIN)/jupyter-book build . $(JB_FLAGS)"; \
+	  $(BOOK_ENV) $(BIN)/jupyter-book build . $(JB_FLAGS); \
+	  if [ -n "$$fp" ]; then echo "$$fp" > $(BOOK_FINGERPRINT); fi; \
+	fi
 	@echo
 	@echo "The book is built. Open $(CURDIR)/$(HTML)/index.html"
 
-## test: the four stages, in order; the first failure stops it with a non-zero exit status.
+## test: the four stages, in order; the first failure stops it with a non-zero exit status. Each
+## chapter is executed once (test-chapters); the strict build reads them all from that run's cache.
 test: venv
 	@command -v "$${CHROMIUM:-chromium}" >/dev/null || { \
 	  echo "make test needs Chromium for its last stage: apt-get install -y chromium" >&2; exit 1; }
-	@start=$$(date +%s); \
+	@start=$$(date +%s); times=""; \
 	for stage in test-unit test-chapters test-build test-browser; do \
-	  echo; echo "==== $$stage ($$(date +%T))"; \
+	  echo; echo "==== $$stage ($$(date +%T))"; t0=$$(date +%s); \
 	  $(MAKE) --no-print-directory $$stage; \
+	  times="$$times $$stage $$(( $$(date +%s) - t0 )) s,"; \
 	done; \
-	echo; echo "==== make test passed in $$(( $$(date +%s) - start )) s"
+	echo; echo "==== make test passed in $$(( $$(date +%s) - start )) s:$${times%,}"
 
 # The tests that read the built book (BOOK_TESTS) run in test-browser, after the build. tests/test_lab.py
 # starts `make lab`'s server, so the unit stage installs the pinned JupyterLab first (once).
@@ -82,19 +116,29 @@ test-unit: venv lab-install
 	if [ $$rc -eq 5 ]; then echo "make test: no unit tests were collected in tests/" >&2; fi; \
 	exit $$rc
 
-# Each chapter (book/**/*.md with a MyST notebook header) top to bottom in a fresh kernel, in place,
-# never from any cache. See conftest.py.
+# Every chapter (each page of _toc.yml that is a MyST notebook) top to bottom in a fresh kernel with
+# book/ as working directory, $(JOBS) at a time, from an empty $(BUILD): nothing of an earlier run
+# (execution cache, vaelib.fit_cached's trainings, Sphinx's environment) survives. A failing cell or
+# self-check fails it, naming the chapter file, the code cell and its line. Each chapter that passed
+# is stored in the build's execution cache, as the build would store it. See tools/run_chapters.py.
 test-chapters: venv
-	@rc=0; $(BIN)/python -m pytest --nbval-lax --durations=5 book || rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "make test: no chapters were collected in book/" >&2; fi; \
-	exit $$rc
-
-# Cold: a fresh _build, so every page is read, executed and checked; nothing stale can pass.
-# It leaves a complete cache behind, so the next `make book` is warm.
-test-build: venv
 	rm -rf $(BUILD)
 	@$(MAKE) --no-print-directory cache-check
-	$(BIN)/jupyter-book build . $(JB_FLAGS)
+	$(BOOK_ENV) $(BIN)/python tools/run_chapters.py --jobs $(JOBS)
+
+# The strict build (-W -n: any warning fails it) of every page: Sphinx's environment and output are
+# removed first, so every page is read and written again, but the execution cache test-chapters just
+# filled is kept, and every chapter must come from it: the build must execute nothing (checked on its
+# log; a chapter changed since test-chapters, or a vaelib change, which cache-check turns into an
+# empty cache, makes it fail). It leaves a complete build behind, so the next `make book` is warm.
+test-build: venv
+	@$(MAKE) --no-print-directory cache-check
+	rm -rf $(HTML) $(BUILD)/.doctrees $(BUILD)/jupyter_execute $(BOOK_FINGERPRINT)
+	@fp="$$($(FINGERPRINT_CMD))"; \
+	echo "$(BOOK_ENV) $(BIN)/jupyter-book build . $(JB_FLAGS)"; \
+	$(BOOK_ENV) $(BIN)/jupyter-book build . $(JB_FLAGS) 2>&1 | tee $(BUILD)/build.log; \
+	$(BIN)/python tools/run_chapters.py --check-build-log $(BUILD)/build.log; \
+	if [ -n "$$fp" ]; then echo "$$fp" > $(BOOK_FINGERPRINT); fi
 
 test-browser: venv
 	$(BIN)/python -m pytest $(BOOK_TESTS) --book-html=$(HTML)
