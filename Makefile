@@ -77,8 +77,9 @@ cache-check:
 	fi
 
 ## book: strict build; pages whose code and library are unchanged come from the cache. With nothing
-## changed since the last successful build (same fingerprint, and no other Sphinx run since: the
-## environment Sphinx saves on every run is older than the fingerprint), it does not start at all.
+## changed since the last successful build (same fingerprint, and the environment Sphinx saves
+## whenever a run reads a page is older than the fingerprint: no Sphinx run that read anything, e.g.
+## a direct jupyter-book build, came after it), it does not start at all.
 book: venv cache-check
 	@fp="$$($(FINGERPRINT_CMD))"; \
 	if [ -n "$$fp" ] && [ -f $(HTML)/index.html ] && [ -f $(BUILD)/.doctrees/environment.pickle ] && \
