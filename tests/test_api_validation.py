@@ -549,7 +549,7 @@ if hasattr(toy, "fit_gaussian_q"):
 # Training once for several chapters, and the best Gaussian per image (chapter 7).
 import tempfile as _tempfile  # noqa: E402
 
-from vaelib import posterior as _posterior  # noqa: E402
+from vaelib import inference_gap as _posterior  # noqa: E402
 
 good = {"model": BERN, "train": XB, "epochs": 1, "progress": False, "cache_dir": _tempfile.mkdtemp()}
 _table("fit_cached", vaelib.fit_cached, good, "model", bad_models())

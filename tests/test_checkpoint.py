@@ -20,7 +20,7 @@ def _gen(seed: int) -> torch.Generator:
 
 def _x(model: VAE, n: int = 5) -> torch.Tensor:
     x = torch.rand(n, model.x_dim, generator=_gen(0), dtype=model.dtype)
-    return (x < 0.5).to(x.dtype) if model.likelihood == "bernoulli" else x
+    return (x < 0.5).to(x.dtype) if model.likelihood_name == "bernoulli" else x
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def test_checkpoint_records_format_version_and_config(tmp_path, trained):
     path = tmp_path / "m.pt"
     save(trained, path)
     payload = torch.load(path, weights_only=True)
-    assert payload["format"] == "vaelib-checkpoint" and payload["format_version"] == 2
+    assert payload["format"] == "vaelib-checkpoint" and payload["format_version"] == 3
     assert payload["class"] == "vaelib.model.VAE" and payload["builtin"] is True
     assert payload["vaelib_version"] == vaelib.__version__
     assert payload["config"] == {"x_dim": 6, "z_dim": 2, "hidden": [5], "likelihood": "gaussian"}

@@ -59,6 +59,7 @@ class EncodeOverride(VAE):
 
     def __init__(self) -> None:
         super().__init__(X_DIM, Z_DIM, hidden=(5,), seed=0)
+        self.encoder.requires_grad_(False)  # the built-in encoder is replaced: fit refuses unused trainables
         self.mine = TanhEncoder()
 
     def encode(self, x):
@@ -70,6 +71,7 @@ class DecodeOverride(VAE):
 
     def __init__(self) -> None:
         super().__init__(X_DIM, Z_DIM, hidden=(5,), seed=0)
+        self.decoder.requires_grad_(False)  # replaced by `mine`
         self.mine = nn.Sequential(nn.Linear(Z_DIM, 6), nn.Softsign(), nn.Linear(6, X_DIM))
 
     def decode(self, z):
@@ -102,7 +104,7 @@ def _data(model: VAE, n: int = 24, seed: int = 0) -> torch.Tensor:
     g = _gen(seed)
     protos = (torch.rand(4, X_DIM, generator=_gen(100)) < 0.5).double()
     x = protos[torch.randint(0, 4, (n,), generator=g)]
-    if model.likelihood == "bernoulli":
+    if model.likelihood_name == "bernoulli":
         return (x + (torch.rand(n, X_DIM, generator=g) < 0.1).double()) % 2
     return x + 0.1 * torch.randn(n, X_DIM, generator=g, dtype=torch.float64)
 
@@ -114,7 +116,7 @@ def _state(model: VAE) -> dict[str, torch.Tensor]:
 def _log_px_z(model: VAE, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """log p(x|z) from model.decode, with torch.distributions (independent of vaelib's formulas)."""
     out = model.decode(z.reshape(-1, Z_DIM)).reshape(*z.shape[:-1], X_DIM)
-    if model.likelihood == "bernoulli":
+    if model.likelihood_name == "bernoulli":
         return Bernoulli(logits=out).log_prob(x.expand_as(out)).sum(-1)
     return Normal(out, torch.exp(0.5 * model.obs_logvar)).log_prob(x.expand_as(out)).sum(-1)
 
@@ -186,11 +188,15 @@ def test_a_few_epochs_train_the_model_as_well_as_the_plain_loop(name):
     assert ours > untrained + 0.5 and h.train_elbo[-1] > h.train_elbo[0] + 0.5
 
 
-def test_frozen_parameters_and_unused_ones_stay_bit_identical():
+def test_frozen_parameters_stay_bit_identical_and_unused_trainable_ones_are_refused():
     model = VAE(X_DIM, Z_DIM, hidden=(6,), seed=0).double()
     model.decoder.to_x.weight.requires_grad_(False)
     model.extra = nn.Parameter(torch.ones(3, dtype=torch.float64))  # used by nothing
     before = _state(model)
+    with pytest.raises(ValueError, match="extra of VAE get no gradient"):
+        fit(model, _data(model), 3, batch_size=8, lr=1e-2, progress=False)
+    assert all(torch.equal(v, before[k]) for k, v in _state(model).items())  # nothing was updated
+    model.extra.requires_grad_(False)
     assert not is_builtin_mlp(model)
     fit(model, _data(model), 3, batch_size=8, lr=1e-2, progress=False)
     after = _state(model)
@@ -265,12 +271,12 @@ def test_generation_and_latent_tools_use_the_models_decoder(name):
     x = _data(model, 6)
     z = torch.randn((4, Z_DIM), generator=_gen(3), dtype=torch.float64)
     out = model.decode(z)
-    mean = torch.sigmoid(out) if model.likelihood == "bernoulli" else out
+    mean = torch.sigmoid(out) if model.likelihood_name == "bernoulli" else out
     torch.testing.assert_close(vaelib.sample(model, 4, _gen(3)), mean, rtol=0, atol=0)
     path = vaelib.interpolate(model, x[0], x[1], 3)
     mu, _ = model.encode(x[:2])
     middle = model.decode(mu.mean(0, keepdim=True))
-    middle = torch.sigmoid(middle) if model.likelihood == "bernoulli" else middle
+    middle = torch.sigmoid(middle) if model.likelihood_name == "bernoulli" else middle
     torch.testing.assert_close(path[1:2], middle, rtol=1e-12, atol=1e-12)
     units = vaelib.active_units(model, x)
     torch.testing.assert_close(units.variance, model.encode(x)[0].detach().var(0, unbiased=False))

@@ -102,9 +102,9 @@ class OwnDecode(vaelib.VAE):
         return super().decode(z) * 2
 
 
-class OwnMean(vaelib.VAE):
-    def mean(self, z):
-        return super().mean(z)
+class OwnLikelihood(vaelib.VAE):
+    def likelihood(self, z, c=None):
+        return super().likelihood(z)
 
 
 def _with_tanh():
@@ -119,9 +119,9 @@ def _with_hook():
     return model
 
 
-def _instance_mean():
+def _instance_likelihood():
     model = vaelib.VAE(784, 2, hidden=(8,), seed=0)
-    model.mean = lambda z: z
+    model.likelihood = lambda z: torch.distributions.Independent(torch.distributions.Bernoulli(logits=z), 1)
     return model
 
 
@@ -141,9 +141,9 @@ def _no_bias():
 @pytest.mark.parametrize("make, reason", [
     (lambda: vaelib.VAE(784, 2, hidden=(8,), likelihood="gaussian"), "likelihood is 'gaussian'"),
     (lambda: vaelib.VAE(784, 2, decoder=nn.Sequential(nn.Linear(2, 784))), "not the built-in MLPDecoder"),
-    (lambda: OwnDecode(784, 2, hidden=(8,)), "overrides decode or mean"),
-    (lambda: OwnMean(784, 2, hidden=(8,)), "overrides decode or mean"),
-    (_instance_mean, "replaced on the instance"),
+    (lambda: OwnDecode(784, 2, hidden=(8,)), "replaces decode"),
+    (lambda: OwnLikelihood(784, 2, hidden=(8,)), "replaces likelihood"),
+    (_instance_likelihood, "replaces likelihood"),
     (_with_tanh, "contains a Tanh"),
     (_with_hook, "hook"),
     (_no_bias, "has no bias"),

@@ -19,7 +19,7 @@ LIKELIHOODS = ["bernoulli", "gaussian"]
 def _data(model: VAE, n: int = 4, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(n, model.x_dim, generator=g)
-    return (x < 0.5).float() if model.likelihood == "bernoulli" else x
+    return (x < 0.5).float() if model.likelihood_name == "bernoulli" else x
 
 
 @pytest.mark.parametrize("likelihood", LIKELIHOODS)

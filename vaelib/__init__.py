@@ -12,11 +12,12 @@ module                    what it holds                                         
 :mod:`vaelib.sampling`    the reparameterisation trick                                 5
 :mod:`vaelib.gradients`   score-function and pathwise gradient estimators              5
 :mod:`vaelib.backprop`    the ELBO's gradient by hand (the built-in MLP's fast path)   5, 6
-:mod:`vaelib.model`       the VAE: your encoder and decoder, or the built-in MLP       4, 6
+:mod:`vaelib.distributions` the model's prior, likelihood and posterior as objects   2, 4, 6
+:mod:`vaelib.model`       the VAE: three distributions (defaults: the built-in MLP)    4, 6
 :mod:`vaelib.train`       fitting a VAE by maximising the ELBO                         3, 4, 6
 :mod:`vaelib.cache`       training once for several chapters (a memo of ``fit``)       6, 7
 :mod:`vaelib.iwae`        the importance-weighted bound and log-likelihood estimates   6, 7
-:mod:`vaelib.posterior`   the best Gaussian for each image (the inference gap)         7
+:mod:`vaelib.inference_gap` the best Gaussian for each image (the inference gap)     7
 :mod:`vaelib.generate`    sampling from the prior, interpolation                       6
 :mod:`vaelib.data`        bundled real digits, IDX reader                              4, 6
 :mod:`vaelib.checkpoint`  safe save/load                                               6
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 from ._version import __version__
 
-from . import data, plot, posterior, toy
+from . import data, distributions, inference_gap, plot, toy
 from .backprop import elbo_backward
 from .checkpoint import load, save
 from .densities import log_bernoulli, log_normal
@@ -70,6 +71,7 @@ __all__ = [
     "score_function_grad",
     "data",
     "plot",
-    "posterior",
+    "distributions",
+    "inference_gap",
     "toy",
 ]

@@ -38,7 +38,8 @@ from torch import Tensor, nn
 
 from .elbo import ELBOTerms, _check_elbo_args
 from .kl import _gaussian_kl
-from .model import VAE, is_builtin_mlp, log_px_given
+from .distributions import log_prob
+from .model import VAE, check_data_support, is_builtin_mlp
 
 
 def elbo_backward(
@@ -77,6 +78,7 @@ def elbo_backward(
             f"not this {type(model).__name__} (own modules, a subclass, a hook or a frozen parameter); use "
             "autograd: (-vaelib.elbo(model, x).objective.mean()).backward()"
         )
+    check_data_support(model, x)
     return _elbo_backward(*checked)
 
 
@@ -145,13 +147,13 @@ def _elbo_backward(
     z = mu + sigma * eps  # (n_samples, batch, z_dim)
     g, dec_inputs = _forward(dec, z.reshape(-1, model.z_dim))
     out = decoder.to_x(g)  # (n_samples * batch, x_dim)
-    log_px_z = log_px_given(model, x, out.view(n_samples, batch, model.x_dim))
+    log_px_z = log_prob(model.tensor_likelihood(out.view(n_samples, batch, model.x_dim)), x)
     reconstruction = log_px_z.mean(0)
     kl = _gaussian_kl(mu, logvar)
 
     # Backward: d loss / d (decoder output), then the chain rule down to the encoder's input.
     xs = x.expand(n_samples, batch, model.x_dim).reshape(-1, model.x_dim)
-    if model.likelihood == "bernoulli":
+    if model.likelihood_name == "bernoulli":
         delta = torch.sigmoid_(out).sub_(xs).mul_(scale)  # `out` is not needed any more
     else:
         precision = torch.exp(-model.obs_logvar)
@@ -168,4 +170,4 @@ def _elbo_backward(
     delta_h2 = _linear_backward(encoder.to_logvar, delta_logvar, h, need_input_grad=bool(enc))
     if enc:
         _mlp_backward(enc, enc_inputs, h, delta_h.add_(delta_h2), need_input_grad=False)
-    return ELBOTerms(elbo=reconstruction - kl, reconstruction=reconstruction, kl=kl, beta=beta)
+    return ELBOTerms(elbo=reconstruction - kl, reconstruction=reconstruction, kl=kl, beta=beta, kl_closed_form=True)

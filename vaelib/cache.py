@@ -92,7 +92,7 @@ def fit_cached(
     """
     if not isinstance(model, VAE):
         raise TypeError(f"model must be a vaelib.VAE, got {type(model).__name__}")
-    builtin = has_builtin_architecture(model) and type(model) is VAE
+    builtin = has_builtin_architecture(model) and type(model) is VAE  # (no prior module, no override)
     if not builtin and key is None:
         raise ValueError(
             f"{type(model).__name__} runs code outside vaelib (its modules' forward methods), which the cache "
@@ -145,11 +145,19 @@ def _key(model: VAE, train: Tensor | Digits, epochs: int, key: str | None, fit_k
     add("user key", b"" if key is None else key.encode())
     for name, tensor in model.state_dict().items():
         _add_tensor(add, f"state {name}", tensor)
+    state = getattr(model, "fit_state", None)  # a run that fit would continue
+    if state is not None:
+        add("run", json.dumps({"epoch": state.epoch, "step": state.step, "settings": state.settings},
+                              sort_keys=True, default=str).encode())
+        _add_tensor(add, "run generator", state.generator)
+        for index, slots in sorted(state.optimizer["state"].items()):
+            for slot, value in sorted(slots.items()):
+                _add_tensor(add, f"run optimizer {index} {slot}", torch.as_tensor(value))
     _add_data(add, "train", train)
     arguments = {"epochs": epochs, **fit_kwargs}
     for name in sorted(arguments):
         value = arguments[name]
-        if isinstance(value, (Tensor, Digits)):
+        if isinstance(value, (Tensor, Digits, tuple)):
             _add_data(add, f"argument {name}", value)
         else:
             add(f"argument {name}", repr(value).encode())
@@ -157,7 +165,17 @@ def _key(model: VAE, train: Tensor | Digits, epochs: int, key: str | None, fit_k
     return h.hexdigest()
 
 
-def _add_data(add: Any, label: str, data: Tensor | Digits) -> None:
+def _add_data(add: Any, label: str, data: Any) -> None:
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[1], Tensor):  # (x, c): data and context
+        _add_data(add, f"{label} x", data[0])
+        _add_tensor(add, f"{label} c", data[1])
+        return
+    if not isinstance(data, (Tensor, Digits)) and label in ("train", "argument valid"):
+        raise TypeError(
+            f"fit_cached keys a training by its data, so {label.removeprefix('argument ')} must be a tensor, a "
+            f"Digits or a pair (x, c), not a {type(data).__name__} (an iterable of batches cannot be hashed): "
+            "train it with vaelib.fit"
+        )
     if isinstance(data, Tensor):  # what fit would refuse (sparse, meta, ...) is refused before hashing
         check_tensor(label.removeprefix("argument "), data, finite=False, nonempty=False)
     if isinstance(data, Digits):

@@ -65,7 +65,9 @@ from ._version import __version__
 from .model import VAE, _check_device, has_builtin_architecture
 
 FORMAT = "vaelib-checkpoint"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: Formats :func:`load` reads: 3 adds the training run (:class:`vaelib.train.FitState`) to 2.
+READABLE_VERSIONS = (2, 3)
 #: What a checkpoint records about the model: the constructor arguments of the built-in MLP
 #: (:attr:`vaelib.VAE.config`), or, for any other model, all of those but ``hidden``.
 CONFIG_KEYS = ("x_dim", "z_dim", "hidden", "likelihood")
@@ -112,6 +114,7 @@ def save(model: VAE, path: str | os.PathLike[str]) -> None:
         "builtin": builtin,
         "config": config,
         "state_dict": {k: v.detach().cpu().clone() for k, v in state.items()},
+        **_training_fields(model),
     }
     try:
         payload[DIGEST_KEY] = _digest(payload)
@@ -170,12 +173,52 @@ def load(
         model = _rebuild(path, config, state)
     else:
         _check_fits(path, payload, model)
+    fit_state = _fit_state(path, payload)
     with torch.no_grad():
         model.load_state_dict(state)
+    model.fit_state = fit_state
     if device is not None:
         model.to(device)
     model.eval()
     return model
+
+
+def _training_fields(model: VAE) -> dict[str, Any]:
+    """The model's training run (``model.fit_state``) as plain data: ``training`` (numbers, strings, lists)
+    and ``training_tensors`` (name -> tensor), or nothing if it has none."""
+    state = getattr(model, "fit_state", None)
+    if state is None:
+        return {}
+    tensors = {"generator": state.generator.detach().cpu().clone()}
+    for index, slots in state.optimizer["state"].items():
+        for slot, value in slots.items():
+            tensors[f"optimizer.{index}.{slot}"] = torch.as_tensor(value).detach().cpu().clone()
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in group.items()}
+              for group in state.optimizer["param_groups"]]
+    training = {"epoch": state.epoch, "step": state.step, "settings": state.settings, "param_groups": groups}
+    return {"training": training, "training_tensors": tensors}
+
+
+def _fit_state(path: str, payload: dict[str, Any]) -> Any:
+    """The :class:`vaelib.train.FitState` recorded in ``payload`` (``None`` if none), its structure checked."""
+    from .train import FitState
+
+    training, tensors = payload.get("training"), payload.get("training_tensors")
+    if training is None and tensors is None:
+        return None
+    try:
+        state: dict[int, dict[str, Tensor]] = {}
+        for name, value in tensors.items():
+            if name == "generator":
+                continue
+            _, index, slot = name.split(".")
+            state.setdefault(int(index), {})[slot] = value
+        groups = [{k: (tuple(v) if k == "betas" else v) for k, v in group.items()} for group in training["param_groups"]]
+        return FitState(epoch=int(training["epoch"]), step=int(training["step"]),
+                        optimizer={"state": state, "param_groups": groups},
+                        generator=tensors["generator"], settings=dict(training["settings"]))
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path} holds a training run it cannot describe ({err})") from err
 
 
 def _read(path: str) -> dict[str, Any]:
@@ -193,9 +236,10 @@ def _read(path: str) -> dict[str, Any]:
         ) from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a vaelib checkpoint (no '{FORMAT}' tag)")
-    if payload.get("format_version") != FORMAT_VERSION:
+    if payload.get("format_version") not in READABLE_VERSIONS:
         raise ValueError(
-            f"{path} has checkpoint format {payload.get('format_version')}, this vaelib reads {FORMAT_VERSION}"
+            f"{path} has checkpoint format {payload.get('format_version')}, this vaelib reads "
+            f"{' and '.join(map(str, READABLE_VERSIONS))}"
         )
     config, state = payload.get("config"), payload.get("state_dict")
     if not isinstance(config, dict) or not isinstance(state, dict):
@@ -205,7 +249,10 @@ def _read(path: str) -> dict[str, Any]:
     keys = CONFIG_KEYS if payload["builtin"] else CUSTOM_CONFIG_KEYS
     if set(config) != set(keys):
         raise ValueError(f"{path} holds an invalid model configuration {config}: its keys must be {keys}")
-    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
+    training_tensors = payload.get("training_tensors", {})
+    if not isinstance(training_tensors, dict):
+        raise ValueError(f"{path}: its training run's tensors are not a table of names and tensors")
+    bad = [k for k, v in (*state.items(), *training_tensors.items()) if not isinstance(k, str) or not isinstance(v, Tensor)]
     if bad:
         raise ValueError(f"{path}: unexpected entries {bad} among the parameters (names and tensors only)")
     if DIGEST_KEY in payload:  # absent only in format-2 files written before vaelib recorded it
@@ -292,10 +339,14 @@ def _digest(payload: dict[str, Any]) -> str:
     (JSON) and bytes of each dense part. The encoding is unambiguous: each shape fixes how many bytes
     follow it."""
     state = payload["state_dict"]
-    fields = {k: v for k, v in payload.items() if k not in ("state_dict", DIGEST_KEY)}
+    fields = {k: v for k, v in payload.items() if k not in ("state_dict", "training_tensors", DIGEST_KEY)}
     h = hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode())
     h.update(json.dumps(len(state)).encode())
-    for name, tensor in state.items():
+    tensors = list(state.items())
+    if "training_tensors" in payload:  # format 3 with a training run: its tensors follow the model's
+        h.update(b"\ntraining " + json.dumps(len(payload["training_tensors"])).encode())
+        tensors += list(payload["training_tensors"].items())
+    for name, tensor in tensors:
         h.update(b"\n" + json.dumps([name, str(tensor.dtype), list(tensor.shape), str(tensor.layout)]).encode())
         for part in _parts(tensor):
             h.update(b"\n" + json.dumps(list(part.shape)).encode() + b"\n")

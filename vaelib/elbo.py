@@ -3,20 +3,23 @@ r"""The Evidence Lower Bound, the objective a VAE maximises.
 .. math:: \mathcal{L}(\phi, \theta; x) = \mathbb{E}_{q_\phi(z|x)}[\log p_\theta(x|z)]
           - D_{\mathrm{KL}}(q_\phi(z|x) \,\|\, p(z))
 
-Chapter 3 derives it; chapter 4 reads its two terms as reconstruction and regularisation.
+Chapter 3 derives it; chapter 4 reads its two terms as reconstruction and regularisation. The model is
+its three distributions (:class:`vaelib.VAE`): :func:`elbo` draws :math:`z` from ``model.posterior(x)``,
+scores ``x`` under ``model.likelihood(z)``, and takes the KL to ``model.prior()`` in closed form where
+``torch.distributions.kl_divergence`` has one, by Monte Carlo from the same draws otherwise.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ._validate import check_count, check_float, check_generator, check_int
-from .kl import _gaussian_kl
-from .model import VAE, log_px_given, run_decoder, run_encoder
-from .sampling import _reparameterize
+from .distributions import draw, kl, kl_per_dimension, log_prob, mean
+from .model import VAE, check_data_support, check_support, run_likelihood, run_posterior, run_prior
 
 
 @dataclass(frozen=True)
@@ -26,19 +29,28 @@ class ELBOTerms:
     Attributes:
         elbo: ``reconstruction - kl``, the lower bound on ``log p(x)``.
         reconstruction: Monte Carlo estimate of ``E_q[log p(x|z)]``.
-        kl: ``KL(q(z|x) || p(z))`` in closed form.
+        kl: ``KL(q(z|x) || p(z))``: exact, or a Monte Carlo estimate (see ``kl_closed_form``).
         beta: the KL weight of the training objective.
+        kl_closed_form: ``True`` when ``kl`` is exact (``torch.distributions.kl_divergence`` has a formula for
+            the pair), ``False`` when it is the Monte Carlo estimate :math:`\\frac1S\\sum_s [\\log q(z_s|x) -
+            \\log p(z_s)]` from the same draws as the reconstruction term.
     """
 
     elbo: Tensor
     reconstruction: Tensor
     kl: Tensor
     beta: float = 1.0
+    kl_closed_form: bool = True
 
     @property
     def objective(self) -> Tensor:
         """``reconstruction - beta * kl``: the quantity training maximises (the ELBO when ``beta = 1``)."""
         return self.reconstruction - self.beta * self.kl
+
+    def detach(self) -> "ELBOTerms":
+        """The same terms without gradient history."""
+        return ELBOTerms(self.elbo.detach(), self.reconstruction.detach(), self.kl.detach(), self.beta,
+                         self.kl_closed_form)
 
 
 def elbo(
@@ -47,27 +59,31 @@ def elbo(
     n_samples: int = 1,
     beta: float = 1.0,
     generator: torch.Generator | None = None,
+    *,
+    c: Any = None,
 ) -> ELBOTerms:
     r"""Per-example ELBO of ``model`` on ``x``, with its reconstruction and KL terms.
 
-    The reconstruction term is estimated with ``n_samples`` reparameterised draws
-    :math:`z^{(s)} = \mu + \sigma\odot\epsilon^{(s)}`; the KL to :math:`\mathcal{N}(0, I)` is exact.
-    Implements eq. ``elbo-decomposition`` of chapter 4.
+    .. math:: \hat{\mathcal{L}} = \frac1S \sum_{s=1}^{S} \log p_\theta(x|z^{(s)})
+              - D_{\mathrm{KL}}(q_\phi(z|x) \,\|\, p(z)), \qquad z^{(s)} \sim q_\phi(z|x)\ \text{(reparameterised)}
+
+    Implements eq. ``elbo-decomposition`` of chapter 4. The KL is exact where
+    ``torch.distributions.kl_divergence`` knows the pair (the default diagonal Gaussian and
+    :math:`\mathcal{N}(0, I)`: eq. ``kl-standard-normal``); otherwise (a mixture prior, a flow posterior)
+    it is estimated from the same ``S`` draws, and :attr:`ELBOTerms.kl_closed_form` is ``False``.
 
     Args:
-        model: a :class:`vaelib.VAE`.
-        x: data, ``(batch, x_dim)``; binary for a Bernoulli decoder.
+        model: a :class:`vaelib.VAE`, reached through ``posterior``, ``prior`` and ``likelihood`` only.
+        x: data, ``(batch, x_dim)``, in the likelihood's support (binary for a Bernoulli decoder).
         n_samples: Monte Carlo samples of ``z`` per example (``>= 1``).
         beta: KL weight used in :attr:`ELBOTerms.objective` (``>= 0``; the ELBO itself is unaffected).
         generator: seeded ``torch.Generator`` for reproducible samples.
+        c: context passed to the model's three methods (a conditional VAE), or ``None``.
 
     Returns:
         :class:`ELBOTerms` with ``(batch,)`` tensors; differentiable in the model's parameters.
-
-    The model is reached through its public :meth:`~vaelib.VAE.encode` and :meth:`~vaelib.VAE.decode`
-    only, so a subclass or a model built from your own modules is scored as it computes.
     """
-    return _elbo(*_check_elbo_args(model, x, n_samples, beta, generator))
+    return _elbo(*_check_elbo_args(model, x, n_samples, beta, generator), c=c)
 
 
 def _check_elbo_args(
@@ -84,15 +100,23 @@ def _check_elbo_args(
 
 
 def _elbo(
-    model: VAE, x: Tensor, n_samples: int, beta: float, generator: torch.Generator | None
+    model: VAE, x: Tensor, n_samples: int, beta: float, generator: torch.Generator | None,
+    c: Any = None, checked: bool = False,
 ) -> ELBOTerms:
-    """:func:`elbo` without input checks, for the training hot path."""
-    mu, logvar = run_encoder(model, x)  # model.encode(x), its shapes checked
-    z = _reparameterize(mu, logvar, n_samples, generator)  # (n_samples, batch, z_dim)
-    log_px_z = log_px_given(model, x, run_decoder(model, z))  # (n_samples, batch), through model.decode
-    reconstruction = log_px_z.mean(0)
-    kl = _gaussian_kl(mu, logvar)
-    return ELBOTerms(elbo=reconstruction - kl, reconstruction=reconstruction, kl=kl, beta=beta)
+    """:func:`elbo` without argument checks; ``checked=True`` also skips the support check of ``x`` (the
+    training loop checks its data once)."""
+    q = run_posterior(model, x, c)                        # q_phi(z|x)
+    z = draw(q, (n_samples,), generator)                  # (n_samples, batch, z_dim), reparameterised
+    likelihood = run_likelihood(model, z, c)              # p_theta(x|z)
+    if not checked:
+        check_support(likelihood, x)
+    reconstruction = log_prob(likelihood, x).mean(0)      # (batch,)
+    prior = run_prior(model, c, x.shape[0])               # p(z)
+    kl_value = kl(q, prior)
+    closed_form = kl_value is not None
+    if kl_value is None:                                  # Monte Carlo, from the same draws
+        kl_value = (log_prob(q, z) - log_prob(prior, z)).mean(0)
+    return ELBOTerms(reconstruction - kl_value, reconstruction, kl_value, beta, closed_form)
 
 
 @dataclass(frozen=True)
@@ -103,13 +127,14 @@ class ActiveUnits:
         variance: ``(z_dim,)`` the activity :math:`A_j = \operatorname{Var}_x\bigl(\mathbb{E}_{q_\phi}[z_j|x]\bigr)`,
             the variance over the data of the posterior mean :math:`\mu_j(x)`.
         kl: ``(z_dim,)`` the mean over the data of each unit's share of the KL term,
-            :math:`D_{\mathrm{KL}}(q_\phi(z_j|x) \,\|\, \mathcal{N}(0, 1))`, in nats; ``kl.sum()`` is the
-            average KL term of :func:`elbo`.
+            :math:`D_{\mathrm{KL}}(q_\phi(z_j|x) \,\|\, p(z_j))`, in nats; ``kl.sum()`` is the average KL term
+            of :func:`elbo`. ``None`` when the KL does not split over units (a posterior or prior that is
+            not a diagonal Gaussian: a full covariance, a flow, a mixture).
         threshold: a unit is active when its ``variance`` exceeds this.
     """
 
     variance: Tensor
-    kl: Tensor
+    kl: Tensor | None
     threshold: float
 
     @property
@@ -125,7 +150,7 @@ class ActiveUnits:
 
 @torch.no_grad()
 def active_units(
-    model: VAE, x: Tensor, threshold: float = 0.01, batch_size: int = 1000
+    model: VAE, x: Tensor, threshold: float = 0.01, batch_size: int = 1000, *, c: Any = None
 ) -> ActiveUnits:
     r"""Which latent units the encoder uses on ``x``: the active-unit statistic of Burda et al. (2016).
 
@@ -135,18 +160,21 @@ def active_units(
 
     and unit :math:`j` is *active* when :math:`A_j` exceeds ``threshold`` (0.01 in Burda et al.). An
     inactive unit's posterior mean barely depends on :math:`x`: its code carries (almost) no information
-    about the data. Alongside, the per-unit terms of eq. ``kl-standard-normal`` of chapter 4,
-    :math:`\tfrac1N\sum_n \tfrac12\bigl(\mu_j^2 + \sigma_j^2 - \log\sigma_j^2 - 1\bigr)`, show posterior
-    collapse directly: a collapsed unit has :math:`q_\phi(z_j|x) \approx p(z_j)` and a KL near 0.
+    about the data. Alongside, for a diagonal Gaussian posterior and prior, the per-unit terms of eq.
+    ``kl-standard-normal`` of chapter 4, :math:`\tfrac1N\sum_n \tfrac12\bigl(\mu_j^2 + \sigma_j^2 -
+    \log\sigma_j^2 - 1\bigr)` for the :math:`\mathcal{N}(0, I)` prior, show posterior collapse directly: a
+    collapsed unit has :math:`q_\phi(z_j|x) \approx p(z_j)` and a KL near 0.
 
     Args:
-        model: a :class:`vaelib.VAE`.
-        x: data, ``(N, x_dim)`` with ``N >= 2``; binary for a Bernoulli decoder.
+        model: a :class:`vaelib.VAE` (the posterior's mean is ``model.posterior(x).mean``, or the average of
+            1000 draws for a family without a formula for it).
+        x: data, ``(N, x_dim)`` with ``N >= 2``.
         threshold: activity threshold (``>= 0``).
         batch_size: examples encoded at a time (memory only; the result does not depend on it).
+        c: context of ``x`` (its rows), or ``None``.
 
     Returns:
-        :class:`ActiveUnits` with the per-unit ``variance`` and ``kl``, both ``(z_dim,)``.
+        :class:`ActiveUnits` with the per-unit ``variance`` and ``kl`` (``(z_dim,)``, or ``None``).
     """
     if not isinstance(model, VAE):
         raise TypeError(f"model must be a vaelib.VAE, got {type(model).__name__}")
@@ -155,13 +183,16 @@ def active_units(
         raise ValueError(f"x must hold at least 2 examples to measure a variance, got {x.shape[0]}")
     threshold = check_float("threshold", threshold, minimum=0.0)
     batch_size = check_int("batch_size", batch_size)
+    check_data_support(model, x, c)
+    g = torch.Generator(device=x.device).manual_seed(0)
     mus, kls = [], []
     for start in range(0, x.shape[0], batch_size):
-        mu, logvar = run_encoder(model, x[start : start + batch_size])
-        mus.append(mu)
-        # Per-unit KL: eq. kl-standard-normal with the sum over units left out.
-        kls.append(_gaussian_kl(mu.unsqueeze(-1), logvar.unsqueeze(-1)))
+        cb = None if c is None else c[start : start + batch_size]
+        q = run_posterior(model, x[start : start + batch_size], cb)
+        mus.append(mean(q, g))
+        per_unit = kl_per_dimension(q, run_prior(model, cb, q.batch_shape[0]))
+        kls.append(per_unit)
     mu_all = torch.cat(mus).double()
     variance = mu_all.var(0, unbiased=False).to(mus[0].dtype)
-    kl = torch.cat(kls).double().mean(0).to(mus[0].dtype)
-    return ActiveUnits(variance=variance, kl=kl, threshold=threshold)
+    kl_units = None if any(k is None for k in kls) else torch.cat(kls).double().mean(0).to(mus[0].dtype)
+    return ActiveUnits(variance=variance, kl=kl_units, threshold=threshold)

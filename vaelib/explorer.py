@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from ._validate import check_float, check_int, check_tensor
-from .model import VAE, MLPDecoder, _has_hooks
+from .model import VAE, MLPDecoder, _has_hooks, _overrides
 
 #: Names the payload's layout; the script refuses any other.
 FORMAT = "vaelib-explorer/1"
@@ -67,12 +67,11 @@ def decoder_linears(model: VAE) -> list[nn.Linear]:
         raise TypeError(f"model must be a vaelib.VAE, got {type(model).__name__}")
     why = None
     dec = model.decoder
-    if model.likelihood != "bernoulli":
-        why = f"its likelihood is {model.likelihood!r}, not 'bernoulli' (the explorer draws sigmoid(logits))"
-    elif type(model).decode is not VAE.decode or type(model).mean is not VAE.mean:
-        why = f"{type(model).__name__} overrides decode or mean"
-    elif any(name in vars(model) for name in ("decode", "mean")):
-        why = "decode or mean is replaced on the instance"
+    overridden = [name for name in ("decode", "likelihood", "tensor_likelihood") if _overrides(model, name)]
+    if model.likelihood_name != "bernoulli":
+        why = f"its likelihood is {model.likelihood_name!r}, not 'bernoulli' (the explorer draws sigmoid(logits))"
+    elif overridden:
+        why = f"{type(model).__name__} replaces {' and '.join(overridden)}"
     elif type(dec) is not MLPDecoder:
         why = f"its decoder is a {type(dec).__name__}, not the built-in MLPDecoder"
     else:

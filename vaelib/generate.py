@@ -1,29 +1,35 @@
 r"""The VAE as a generative model: decode draws from the prior, and walk between two codes.
 
-Chapter 6: discard the encoder, draw :math:`z \sim p(z) = \mathcal{N}(0, I)`, and decode.
+Chapter 6: discard the encoder, draw :math:`z \sim p(z)` (``model.prior()``), and decode with
+``model.likelihood(z)``.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ._validate import check_count, check_generator, check_tensor
-from .model import VAE, run_encoder
+from .distributions import draw, mean as distribution_mean
+from .model import VAE, run_likelihood, run_posterior, run_prior
 
 
 @torch.no_grad()
 def sample(
-    model: VAE, n: int, generator: torch.Generator | None = None, mean: bool = True
+    model: VAE, n: int, generator: torch.Generator | None = None, mean: bool = True, *, c: Any = None
 ) -> Tensor:
-    r"""Generate ``n`` new data points: :math:`z \sim \mathcal{N}(0, I)`, then :math:`x \sim p_\theta(x|z)`.
+    r"""Generate ``n`` new data points: :math:`z \sim p(z)`, then :math:`x \sim p_\theta(x|z)`.
 
     Args:
-        model: a trained :class:`vaelib.VAE`.
-        n: how many samples (``>= 1``).
+        model: a trained :class:`vaelib.VAE`; ``z`` is drawn from ``model.prior()`` (any family, a mixture
+            included: nothing is differentiated here).
+        n: how many samples (``>= 1``); with a context, the number of its rows.
         generator: seeded ``torch.Generator`` (on the model's device).
-        mean: return the decoder's mean (pixel probabilities for a Bernoulli decoder), which is what
+        mean: return the likelihood's mean (pixel probabilities for a Bernoulli decoder), which is what
             one usually shows; ``False`` draws ``x`` from :math:`p_\theta(x|z)` as well.
+        c: context, one row per sample (``model.prior(c)``, ``model.likelihood(z, c)``), or ``None``.
 
     Returns:
         ``(n, x_dim)``.
@@ -32,30 +38,30 @@ def sample(
         raise TypeError(f"model must be a vaelib.VAE, got {type(model).__name__}")
     n = check_count("n", n, per_item=model.x_dim + model.z_dim)
     check_generator("generator", generator)
-    device, dtype = model.device, model.dtype
-    z = torch.randn((n, model.z_dim), generator=generator, device=device, dtype=dtype)
-    x_mean = model.mean(z)
+    if c is not None and getattr(c, "shape", (n,))[0] != n:
+        raise ValueError(f"c must have one row per sample, {n}, got {getattr(c, 'shape', None)}")
+    prior = run_prior(model, c, n)
+    z = draw(prior, (n,) if prior.batch_shape == () else (), generator, reparameterized=False)
+    likelihood = run_likelihood(model, z, c)
     if mean:
-        return x_mean
-    if model.likelihood == "bernoulli":
-        return torch.bernoulli(x_mean, generator=generator)
-    noise = torch.randn(x_mean.shape, generator=generator, device=device, dtype=dtype)
-    return x_mean + torch.exp(0.5 * model.obs_logvar) * noise
+        return distribution_mean(likelihood, generator)
+    return draw(likelihood, (), generator, reparameterized=False)
 
 
 @torch.no_grad()
-def interpolate(model: VAE, x_a: Tensor, x_b: Tensor, steps: int) -> Tensor:
+def interpolate(model: VAE, x_a: Tensor, x_b: Tensor, steps: int, *, c: Any = None) -> Tensor:
     r"""Decode the straight line between the posterior means of ``x_a`` and ``x_b``.
 
-    .. math:: z_t = (1-t)\,\mu_\phi(x_a) + t\,\mu_\phi(x_b), \qquad t = 0, \tfrac{1}{steps-1}, \dots, 1
+    .. math:: z_t = (1-t)\,\mathbb{E}_{q}[z|x_a] + t\,\mathbb{E}_{q}[z|x_b], \qquad t = 0, \tfrac{1}{steps-1}, \dots, 1
 
     Args:
         model: a trained :class:`vaelib.VAE`.
         x_a, x_b: two data points, each ``(x_dim,)`` or ``(1, x_dim)``.
         steps: number of points on the path including both ends (``>= 2``).
+        c: one context for the whole path (``(1, ...)``), or ``None``.
 
     Returns:
-        ``(steps, x_dim)``: the decoder's mean along the path.
+        ``(steps, x_dim)``: the likelihood's mean along the path.
     """
     if not isinstance(model, VAE):
         raise TypeError(f"model must be a vaelib.VAE, got {type(model).__name__}")
@@ -69,7 +75,9 @@ def interpolate(model: VAE, x_a: Tensor, x_b: Tensor, steps: int) -> Tensor:
         ends.append(check_tensor(name, x, ndim=2, last_dim=model.x_dim))
     model.check_data(ends[0], "x_a")
     model.check_data(ends[1], "x_b")
-    mu_a, _ = run_encoder(model, ends[0])
-    mu_b, _ = run_encoder(model, ends[1])
+    mu_a = distribution_mean(run_posterior(model, ends[0], c))
+    mu_b = distribution_mean(run_posterior(model, ends[1], c))
     t = torch.linspace(0.0, 1.0, steps, device=mu_a.device, dtype=mu_a.dtype).unsqueeze(1)
-    return model.mean((1 - t) * mu_a + t * mu_b)
+    path = (1 - t) * mu_a + t * mu_b
+    path_c = c if c is None or not isinstance(c, Tensor) else c.expand(steps, *c.shape[1:])
+    return run_likelihood(model, path, path_c).mean

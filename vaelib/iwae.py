@@ -15,14 +15,16 @@ import math
 import statistics
 import warnings
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.distributions import Distribution
 
 from ._validate import check_count, check_generator, check_int
-from .model import VAE, is_builtin_mlp, log_px_given, run_decoder, run_encoder
+from .distributions import DiagonalNormal, draw, log_prob
+from .model import VAE, check_data_support, check_support, is_builtin_mlp, run_likelihood, run_posterior, run_prior
 
 #: Elements of the largest ``(k, batch, x_dim)`` decoder output built at once by :func:`log_likelihood`.
 #: 2**20 floats (4 MiB) keep each chunk near the cache, and at K = 1000 on MNIST give one example per
@@ -60,14 +62,15 @@ _COLUMNS_PER_LOG = 16
 
 
 def iwae_bound(
-    model: VAE, x: Tensor, k: int, generator: torch.Generator | None = None
+    model: VAE, x: Tensor, k: int, generator: torch.Generator | None = None, *, c: Any = None
 ) -> Tensor:
     r"""One draw of the importance-weighted bound :math:`\mathcal{L}_K` per example, in nats.
 
     .. math:: \log \frac1K \sum_{k} \exp\bigl(\log p_\theta(x|z^{(k)}) + \log p(z^{(k)})
-              - \log q_\phi(z^{(k)}|x)\bigr)
+              - \log q_\phi(z^{(k)}|x)\bigr), \qquad z^{(k)} \sim q_\phi(z|x)
 
-    computed with log-sum-exp, so it never overflows. Differentiable (it is the IWAE training objective).
+    computed with log-sum-exp, so it never overflows, from the model's ``posterior``, ``prior`` and
+    ``likelihood``. Differentiable (it is the IWAE training objective, :class:`vaelib.objectives.IWAE`).
     For large ``k`` or many examples prefer :func:`log_likelihood`, which works in memory-bounded chunks.
 
     Args:
@@ -75,6 +78,7 @@ def iwae_bound(
         x: data, ``(batch, x_dim)``.
         k: number of importance samples ``1 <= K <=`` :data:`MAX_K` (all of them are held at once).
         generator: seeded ``torch.Generator``.
+        c: context passed to the model's three methods, or ``None``.
 
     Returns:
         ``(batch,)``.
@@ -84,34 +88,42 @@ def iwae_bound(
     x = model.check_x(x)
     k = check_count("k", k, per_item=x.shape[0] * (model.x_dim + model.z_dim), maximum=MAX_K)
     check_generator("generator", generator)
-    mu, logvar = run_encoder(model, x)
-    return torch.logsumexp(_log_weights(model, x, mu, logvar, k, generator), 0) - math.log(k)
+    q = run_posterior(model, x, c)
+    return torch.logsumexp(log_weights(model, x, q, k, generator, c), 0) - math.log(k)
 
 
-def _log_weights(
+def log_weights(
     model: VAE,
     x: Tensor,
-    mu: Tensor,
-    logvar: Tensor,
+    q: Distribution,
     k: int,
     generator: torch.Generator | None,
-    log_px_z: Callable[[Tensor, Tensor], Tensor] | None = None,
+    c: Any = None,
+    *,
+    checked: bool = False,
+    z: Tensor | None = None,
 ) -> Tensor:
-    r"""Log importance weights :math:`\log p(x|z) + \log p(z) - \log q(z|x)`, shape ``(k, batch)``.
+    r"""Log importance weights :math:`\log w = \log p_\theta(x|z) + \log p(z) - \log q_\phi(z|x)` at ``k``
+    reparameterised draws :math:`z \sim q` (or at the given ``z``), shape ``(k, batch)``."""
+    if z is None:
+        z = draw(q, (k,), generator)
+    likelihood = run_likelihood(model, z, c)
+    if not checked:
+        check_support(likelihood, x)
+    prior = run_prior(model, c, x.shape[0])
+    return log_prob(likelihood, x) + log_prob(prior, z) - log_prob(q, z)
 
-    ``log_px_z(x, z)`` replaces the model's own for one example (``batch == 1``, ``z`` ``(k, z_dim)``):
-    :func:`log_likelihood` passes the folded decoder's (:class:`_Folder`).
-    """
-    eps = torch.randn((k, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
-    z = mu + torch.exp(0.5 * logvar) * eps
-    if log_px_z is not None:
-        log_px = log_px_z(x, z.view(k, -1)).unsqueeze(1)
-    else:
-        log_px = log_px_given(model, x, run_decoder(model, z))
-    # log p(z) - log q(z|x) with p = N(0, I) and q = N(mu, sigma^2): the log(2 pi) terms cancel, and
-    # z - mu = sigma * eps makes q's quadratic term eps^2 exactly.
-    log_pz_minus_log_qz = -0.5 * (z.pow(2) - eps.pow(2) - logvar).sum(-1)
-    return log_px + log_pz_minus_log_qz
+
+def _folded_log_weights(
+    model: VAE, x: Tensor, mu: Tensor, logvar: Tensor, k: int, generator: torch.Generator | None,
+    log_px_z: Callable[[Tensor, Tensor], Tensor],
+) -> Tensor:
+    r""":func:`log_weights` for the built-in MLP and one example (``batch == 1``), with the folded decoder's
+    :math:`\log p_\theta(x|z)` (:class:`_Folder`); the same draws as :func:`log_weights` from the same
+    generator state."""
+    q, prior = DiagonalNormal(mu, logvar), run_prior(model, None, 1)
+    z = draw(q, (k,), generator)
+    return log_px_z(x, z.view(k, -1)).unsqueeze(1) + log_prob(prior, z) - log_prob(q, z)
 
 
 class _Plan(NamedTuple):
@@ -198,13 +210,13 @@ class _Folder:
         :func:`_sum_log1p_exp2_`. Rows where that overflows (a term above about 5.5 nats in float32: a
         confidently wrong pixel) are recomputed with the plain decoder.
         """
-        if self.model.likelihood != "bernoulli":
-            return log_px_given(self.model, x, self.decode(z, plan).unsqueeze(1)).squeeze(1)
+        if self.model.likelihood_name != "bernoulli":
+            return log_prob(self.model.tensor_likelihood(self.decode(z, plan)), x)
         log_px_z = _sum_log1p_exp2_(self.decode(z, plan, (1 - 2 * x[0]) * _LOG2_E)).neg_()
         if not math.isfinite(log_px_z.detach().sum()):  # -inf in a row, or nan
             overflowed = (~torch.isfinite(log_px_z)).nonzero().squeeze(1)
-            plain = run_decoder(self.model, z[overflowed].unsqueeze(1))
-            log_px_z[overflowed] = log_px_given(self.model, x, plain).squeeze(1)
+            plain = run_likelihood(self.model, z[overflowed])
+            log_px_z[overflowed] = log_prob(plain, x)
         return log_px_z
 
     def decode(self, z: Tensor, plan: _Plan, scale: Tensor | None = None) -> Tensor:
@@ -297,6 +309,8 @@ def log_likelihood(
     k: int = 1000,
     generator: torch.Generator | None = None,
     max_elements: int = CHUNK_ELEMENTS,
+    *,
+    c: Any = None,
 ) -> Tensor:
     r"""Estimate :math:`\log p_\theta(x)` per example with the IWAE bound at ``k`` samples, in chunks.
 
@@ -312,13 +326,14 @@ def log_likelihood(
         k: importance samples per example (``1 <= k <=`` :data:`MAX_K`); ``k = 1`` is a one-sample ELBO.
         generator: seeded ``torch.Generator``.
         max_elements: memory bound (number of floats of the largest intermediate).
+        c: context of ``x`` (a tensor whose rows go with ``x``'s), or ``None``.
 
     Returns:
         ``(n,)`` estimates in nats (lower bounds in expectation, tight as ``k`` grows).
 
     For the built-in MLP with one hidden layer and large ``k`` the decoder is evaluated folded (see
     :class:`_Folder`: the same numbers up to rounding, about half the time); every other model goes
-    through its own :meth:`~vaelib.VAE.encode` and :meth:`~vaelib.VAE.decode`.
+    through its own ``posterior``, ``prior`` and ``likelihood``.
     """
     if not isinstance(model, VAE):
         raise TypeError(f"model must be a vaelib.VAE, got {type(model).__name__}")
@@ -326,23 +341,37 @@ def log_likelihood(
     k = check_int("k", k, maximum=MAX_K)
     max_elements = check_int("max_elements", max_elements)
     check_generator("generator", generator)
+    check_data_support(model, x, c)
     batch, k_chunk = _chunks(model, x.shape[0], k, max_elements)
     # One example per chunk and many samples: fold most of the decoder's hidden units (see _Folder).
     folder = _Folder(model) if batch == 1 and k_chunk >= FOLD_MIN_SAMPLES and _Folder.applies(model) else None
-    # Examples are encoded (and, folding, planned) in blocks; decoded `batch` at a time.
-    block = batch if folder is None else _FOLD_BLOCK
     out = []
-    for first in range(0, x.shape[0], block):
-        xs = x[first : first + block]
-        mus, logvars = run_encoder(model, xs)
-        plans = folder.plans(mus, logvars) if folder is not None else None
-        for start in range(0, xs.shape[0], batch):
-            xb, mu, logvar = xs[start : start + batch], mus[start : start + batch], logvars[start : start + batch]
-            log_px_z = None if plans is None else functools.partial(folder.log_px_z, plan=plans[start])
+    if folder is None:
+        for start in range(0, x.shape[0], batch):
+            xb = x[start : start + batch]
+            cb = None if c is None else c[start : start + batch]
+            q = run_posterior(model, xb, cb)
             # log sum_k w_k over the chunks of samples, accumulated as it goes: memory O(chunk), not O(k).
             total = None
             for s in range(0, k, k_chunk):
-                chunk = torch.logsumexp(_log_weights(model, xb, mu, logvar, min(k_chunk, k - s), generator, log_px_z), 0)
+                log_w = log_weights(model, xb, q, min(k_chunk, k - s), generator, cb, checked=True)
+                chunk = torch.logsumexp(log_w, 0)
+                total = chunk if total is None else torch.logaddexp(total, chunk)
+            out.append(total - math.log(k))
+        return torch.cat(out)
+    # The built-in MLP: examples are encoded and planned in blocks, then decoded folded one at a time.
+    for first in range(0, x.shape[0], _FOLD_BLOCK):
+        xs = x[first : first + _FOLD_BLOCK]
+        q = run_posterior(model, xs)
+        mus, logvars = q.loc, q.logvar
+        plans = folder.plans(mus, logvars)
+        for i in range(xs.shape[0]):
+            log_px_z = functools.partial(folder.log_px_z, plan=plans[i])
+            total = None
+            for s in range(0, k, k_chunk):
+                log_w = _folded_log_weights(model, xs[i : i + 1], mus[i : i + 1], logvars[i : i + 1],
+                                            min(k_chunk, k - s), generator, log_px_z)
+                chunk = torch.logsumexp(log_w, 0)
                 total = chunk if total is None else torch.logaddexp(total, chunk)
             out.append(total - math.log(k))
     return torch.cat(out)

@@ -1,21 +1,39 @@
-r"""The variational autoencoder: an encoder :math:`q_\phi(z|x)`, a decoder :math:`p_\theta(x|z)`, a likelihood.
+r"""The variational autoencoder: a prior :math:`p(z)`, a likelihood :math:`p_\theta(x|z)`, a posterior :math:`q_\phi(z|x)`.
 
-A :class:`VAE` is two modules and the name of a likelihood:
+A :class:`VAE` *is* its three distributions, each a ``torch.distributions.Distribution`` (chapter 2
+teaches that API), returned by three public methods:
 
-* the **encoder** maps data ``x`` ``(batch, x_dim)`` to the parameters ``(mu, logvar)`` of the diagonal
-  Gaussian :math:`q_\phi(z|x) = \mathcal{N}(\mu, \operatorname{diag}\sigma^2)`, each ``(batch, z_dim)``;
+* :meth:`VAE.posterior` ``(x)``: :math:`q_\phi(z|x)`, event shape ``(z_dim,)``, batch shape ``(batch,)``;
+* :meth:`VAE.prior` ``()``: :math:`p(z)`, event shape ``(z_dim,)``;
+* :meth:`VAE.likelihood` ``(z)``: :math:`p_\theta(x|z)`, event shape ``(x_dim,)``, batch shape ``z.shape[:-1]``
+  (leading sample dimensions included).
+
+Every function of :mod:`vaelib` that takes a model (the ELBO, the importance-weighted bound, training,
+sampling, the per-image posteriors of chapter 7, the plots, save and load) reaches it through these
+three methods, so replacing one replaces it everywhere. Their defaults are the book's model:
+
+* the **encoder** maps ``x`` ``(batch, x_dim)`` to ``(mu, logvar)``, each ``(batch, z_dim)``, and the posterior
+  is the diagonal Gaussian :class:`vaelib.distributions.DiagonalNormal` of those (an encoder may instead
+  return a ``Distribution``: a ``Normal(loc, scale)`` as in Pyro, a ``MultivariateNormal``, a flow);
+* the **prior** is :math:`\mathcal{N}(0, I)` (:class:`vaelib.distributions.StandardNormal`), or the
+  ``Distribution`` that a ``prior`` module returns (a learned mixture, say: its parameters are trained,
+  saved and loaded with the model);
 * the **decoder** maps codes ``z`` ``(n, z_dim)`` to ``(n, x_dim)``: the logits of independent Bernoullis
-  (``likelihood="bernoulli"``), or the mean of an isotropic Gaussian :math:`\mathcal{N}(\text{mean},
-  \sigma_x^2 I)` whose log-variance ``obs_logvar`` is learned (``likelihood="gaussian"``).
+  (``likelihood="bernoulli"``, :class:`vaelib.distributions.BernoulliLogits`), or the mean of an isotropic
+  Gaussian :math:`\mathcal{N}(\text{mean}, \sigma_x^2 I)` whose log-variance ``obs_logvar`` is learned
+  (``likelihood="gaussian"``); or a ``Distribution`` of its own (``Bernoulli(probs=...)`` as in the PyTorch
+  example, a 256-way ``Categorical``, a Gaussian with a variance per pixel).
 
-``VAE(x_dim, z_dim, hidden=...)`` builds the book's multilayer perceptrons (:class:`MLPEncoder`,
-:class:`MLPDecoder`); ``VAE(x_dim, z_dim, encoder=..., decoder=...)`` takes any ``nn.Module`` a learner
-writes (a convolutional network, another activation, dropout); a subclass may instead override
-:meth:`VAE.encode` and :meth:`VAE.decode`. Every function of :mod:`vaelib` that takes a model reaches it
-through those two methods only (:func:`run_encoder`, :func:`run_decoder`), so whatever the model computes
-is what gets trained, scored, sampled and saved. The one exception is exact: for the built-in MLP left as
-built (:func:`is_builtin_mlp`), :func:`vaelib.fit` and :func:`vaelib.log_likelihood` compute the same
-numbers from its layers directly, faster.
+Replace any of them by composition, ``VAE(x_dim, z_dim, encoder=..., decoder=..., prior=...)``, or override
+:meth:`~VAE.encode`, :meth:`~VAE.decode`, :meth:`~VAE.posterior`, :meth:`~VAE.prior` or :meth:`~VAE.likelihood`
+in a subclass. A *context* ``c`` (labels, for a conditional VAE) is passed on as ``posterior(x, c)``,
+``prior(c)``, ``likelihood(z, c)`` (and ``encoder(x, c)``, ``prior_module(c)``, ``decoder(z, c)``) by every
+function that is given one. :meth:`~VAE.mean`, :meth:`~VAE.log_px_z` and ``forward`` are derived from the
+three methods and cannot be overridden (a subclass that tries is refused when it is defined).
+
+The one exception to "through the three methods" is exact: for the built-in MLP with all three defaults
+(:func:`is_builtin_mlp`), :func:`vaelib.fit` and :func:`vaelib.log_likelihood` compute the same numbers from
+its layers directly, faster (:mod:`vaelib.backprop`, ``vaelib.iwae._Folder``).
 
 Chapter 3 uses the linear special case (``hidden=()``, Gaussian), which is probabilistic PCA with an
 amortised Gaussian posterior; chapters 4 and 6 train the MLP; chapter 6 also trains a convolutional one.
@@ -23,21 +41,27 @@ amortised Gaussian posterior; chapters 4 and 6 train the MLP; chapter 6 also tra
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributions import Distribution
 
-from ._validate import check_binary, check_int, check_tensor
-from .densities import _log_normal
+from ._validate import check_binary, check_int, check_tensor, in_unit_interval
+from .distributions import BernoulliLogits, DiagonalNormal, StandardNormal, Unflattened, as_event
 
 Likelihood = Literal["bernoulli", "gaussian"]
 LIKELIHOODS: tuple[str, ...] = ("bernoulli", "gaussian")
 
 #: Hidden widths of the built-in MLP when neither ``hidden`` nor both modules are given.
 DEFAULT_HIDDEN: tuple[int, ...] = (400,)
+
+#: The three methods that are the model, and the two its defaults are built from: what a subclass overrides.
+MODEL_METHODS: tuple[str, ...] = ("posterior", "prior", "likelihood", "encode", "decode")
+#: Methods derived from those, which vaelib never calls in place of them: a subclass may not override them.
+DERIVED_METHODS: tuple[str, ...] = ("mean", "log_px_z", "forward")
 
 
 def _relu_mlp(sizes: Sequence[int]) -> nn.Sequential:
@@ -77,30 +101,53 @@ class MLPDecoder(nn.Module):
 
 
 class VAE(nn.Module):
-    r"""A VAE with a diagonal-Gaussian encoder and a Bernoulli or Gaussian decoder (see the module's text).
+    r"""A VAE: the three distributions of the module's text, built from an encoder, a decoder and a prior.
 
-    * ``VAE(784, 20, hidden=(400,))``: the book's MLP, ``784 → 400 → (20, 20)`` and ``20 → 400 → 784``.
-      With ``hidden=()`` encoder and decoder are linear, and the Gaussian VAE is the linear VAE of chapter 3.
-    * ``VAE(784, 8, encoder=my_encoder, decoder=my_decoder)``: your own modules. ``encoder(x)`` must
-      return ``(mu, logvar)``, each ``(batch, z_dim)``, for ``x`` ``(batch, x_dim)``; ``decoder(z)`` must
-      return ``(n, x_dim)`` for ``z`` ``(n, z_dim)``. Give one of them and the other is the built-in MLP
-      with ``hidden`` (default ``(400,)``).
-    * A subclass may override :meth:`encode` and :meth:`decode` instead; everything in :mod:`vaelib`
-      calls them.
-
-    The prior is :math:`p(z) = \mathcal{N}(0, I)`.
+    * ``VAE(784, 20, hidden=(400,))``: the book's MLP, ``784 → 400 → (20, 20)`` and ``20 → 400 → 784``,
+      the prior :math:`\mathcal{N}(0, I)`. With ``hidden=()`` encoder and decoder are linear, and the
+      Gaussian VAE is the linear VAE of chapter 3.
+    * ``VAE(784, 8, encoder=my_encoder, decoder=my_decoder, prior=my_prior)``: your own modules.
+      ``encoder(x)`` returns ``(mu, logvar)``, each ``(batch, z_dim)``, or a ``Distribution`` over ``z``;
+      ``decoder(z)`` returns ``(n, x_dim)`` for ``z`` ``(n, z_dim)`` (logits, or the Gaussian mean), or a
+      ``Distribution`` over ``x``; ``prior()`` returns a ``Distribution`` over ``z``. A family whose
+      coordinates are its batch (``Normal(loc, scale)``, ``Bernoulli(probs=p)`` with ``p`` ``(n, x_dim)``)
+      is read with ``Independent(..., 1)``. Give one of encoder and decoder and the other is the
+      built-in MLP with ``hidden`` (default ``(400,)``).
+    * A subclass may override :meth:`posterior`, :meth:`prior`, :meth:`likelihood`, :meth:`encode` or
+      :meth:`decode`; everything in :mod:`vaelib` calls them.
 
     Args:
         x_dim: data dimension ``D`` (784 for 28×28 images).
         z_dim: latent dimension ``d``.
         hidden: hidden-layer widths of the built-in encoder (the built-in decoder mirrors them); only for
             a part that you do not supply.
-        likelihood: ``"bernoulli"`` or ``"gaussian"``.
+        likelihood: what a decoder's *tensor* output means: ``"bernoulli"`` (logits) or ``"gaussian"``
+            (the mean; adds the learned scalar ``obs_logvar``). Kept as :attr:`likelihood_name`.
         encoder: your encoder module (default: :class:`MLPEncoder`).
         decoder: your decoder module (default: :class:`MLPDecoder`).
+        prior: your prior, a module whose call returns a ``Distribution`` over ``z`` (default:
+            :math:`\mathcal{N}(0, I)`); its parameters are the model's.
         device: where to put the parameters (default: where the modules are, the CPU for built-in ones).
         seed: seeds the initial parameters of the built-in parts (``None`` uses PyTorch's global generator).
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in DERIVED_METHODS:
+            if name in vars(cls):
+                raise TypeError(
+                    f"{cls.__name__} overrides VAE.{name}, which is derived from the model's three distributions "
+                    f"and which vaelib does not call in their place: override likelihood(z) (or decode) and "
+                    "posterior(x) (or encode) instead, and every function of vaelib uses them"
+                )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in DERIVED_METHODS:
+            raise TypeError(
+                f"VAE.{name} is derived from the model's three distributions and vaelib does not call it in their "
+                "place: replace likelihood (or decode) and posterior (or encode) instead"
+            )
+        super().__setattr__(name, value)
 
     def __init__(
         self,
@@ -111,6 +158,7 @@ class VAE(nn.Module):
         *,
         encoder: nn.Module | None = None,
         decoder: nn.Module | None = None,
+        prior: nn.Module | None = None,
         device: torch.device | str | None = None,
         seed: int | None = None,
     ) -> None:
@@ -119,9 +167,11 @@ class VAE(nn.Module):
             seed = check_int("seed", seed, minimum=0)
         self.x_dim = check_int("x_dim", x_dim)
         self.z_dim = check_int("z_dim", z_dim)
-        for name, module in (("encoder", encoder), ("decoder", decoder)):
+        for name, module in (("encoder", encoder), ("decoder", decoder), ("prior", prior)):
             if module is not None and not isinstance(module, nn.Module):
-                raise TypeError(f"{name} must be a torch.nn.Module or None, got {type(module).__name__}")
+                hint = (" (wrap a fixed distribution in a module whose forward returns it, so that it moves with "
+                        "the model)" if isinstance(module, Distribution) else "")
+                raise TypeError(f"{name} must be a torch.nn.Module or None, got {type(module).__name__}{hint}")
         if hidden is None:
             hidden = () if encoder is not None and decoder is not None else DEFAULT_HIDDEN
         elif encoder is not None and decoder is not None:
@@ -131,7 +181,8 @@ class VAE(nn.Module):
         self.hidden = tuple(check_int(f"hidden[{i}]", h) for i, h in enumerate(hidden))
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
-        self.likelihood: Likelihood = likelihood
+        #: ``"bernoulli"`` or ``"gaussian"``: what a decoder's tensor output means (see :meth:`likelihood`).
+        self.likelihood_name: Likelihood = likelihood
         if device is not None:
             device = _check_device(device)
 
@@ -140,6 +191,10 @@ class VAE(nn.Module):
                 torch.manual_seed(seed)
             self.encoder = MLPEncoder(self.x_dim, self.hidden, self.z_dim) if encoder is None else encoder
             self.decoder = MLPDecoder(self.z_dim, tuple(reversed(self.hidden)), self.x_dim) if decoder is None else decoder
+        #: The prior module given to the constructor (``None``: :math:`\mathcal{N}(0, I)`).
+        self.prior_module = prior
+        #: Where training stands (:class:`vaelib.train.FitState`), for :func:`vaelib.fit` to continue it.
+        self.fit_state: Any = None
         if likelihood == "gaussian":
             self.obs_logvar = nn.Parameter(torch.zeros((), dtype=self.dtype if _has_parameters(self) else None))
         if device is not None:
@@ -152,7 +207,7 @@ class VAE(nn.Module):
             "x_dim": self.x_dim,
             "z_dim": self.z_dim,
             "hidden": list(self.hidden),
-            "likelihood": self.likelihood,
+            "likelihood": self.likelihood_name,
         }
 
     @property
@@ -166,7 +221,7 @@ class VAE(nn.Module):
         return _first_parameter(self).dtype
 
     def extra_repr(self) -> str:
-        return f"x_dim={self.x_dim}, z_dim={self.z_dim}, likelihood={self.likelihood!r}"
+        return f"x_dim={self.x_dim}, z_dim={self.z_dim}, likelihood={self.likelihood_name!r}"
 
     # --- input checks -------------------------------------------------------------------------
     def _check_dtype(self, name: str, t: Tensor) -> None:
@@ -175,12 +230,10 @@ class VAE(nn.Module):
             raise TypeError(f"{name} must have the model's dtype {dtype}, got {t.dtype}")
 
     def check_x(self, x: object, name: str = "x") -> Tensor:
-        """Validate data for this model: a finite ``(batch, x_dim)`` tensor in the model's floating dtype,
-        binary if Bernoulli."""
-        x = self.check_data(x, name)
-        if self.likelihood == "bernoulli":
-            check_binary(name, x)
-        return x
+        """Validate data for this model: a finite ``(batch, x_dim)`` tensor in the model's floating dtype.
+        (Whether it lies in the likelihood's support, binary for a Bernoulli, is checked against
+        :meth:`likelihood` by the functions that score it: :func:`check_support`.)"""
+        return self.check_data(x, name)
 
     def check_data(self, x: object, name: str = "x") -> Tensor:
         """Validate inputs of the encoder: a finite ``(batch, x_dim)`` tensor in the model's floating dtype."""
@@ -195,42 +248,118 @@ class VAE(nn.Module):
         self._check_dtype(name, z)
         return z
 
-    # --- the two methods everything goes through (override them, or pass your own modules) -----
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        r"""The parameters of :math:`q_\phi(z|x)`: ``self.encoder(x)``.
+    # --- the networks the default distributions are built from ----------------------------------
+    def encode(self, x: Tensor, c: Any = None) -> tuple[Tensor, Tensor] | Distribution:
+        r"""The encoder's output for ``x``: ``self.encoder(x)`` (``self.encoder(x, c)`` with a context).
 
         Args:
             x: data, ``(batch, x_dim)``.
+            c: context (a conditional VAE's labels), or ``None``.
 
         Returns:
-            ``(mu, logvar)``, each ``(batch, z_dim)``.
+            ``(mu, logvar)``, each ``(batch, z_dim)``, or a ``Distribution`` over ``z``.
         """
-        return self.encoder(self.check_data(x))
+        x = self.check_data(x)
+        return self.encoder(x) if c is None else self.encoder(x, c)
 
-    def decode(self, z: Tensor) -> Tensor:
-        r"""The decoder's output for latent codes ``z``: Bernoulli logits, or the Gaussian mean.
+    def decode(self, z: Tensor, c: Any = None) -> Tensor | Distribution:
+        r"""The decoder's output for latent codes ``z``: ``self.decoder(z)`` (``self.decoder(z, c)``).
 
         Args:
             z: latent codes, ``(n, z_dim)`` (the built-in decoder also takes ``(..., z_dim)``).
+            c: context, or ``None``.
 
         Returns:
-            ``(n, x_dim)``. For a Bernoulli decoder use :meth:`mean` for pixel probabilities.
+            ``(n, x_dim)`` logits (Bernoulli) or means (Gaussian), or a ``Distribution`` over ``x``.
 
         Codes that are NaN or infinite (from an encoder whose training diverged) are decoded, not refused,
         so that the loss they lead to is non-finite and :func:`vaelib.fit` reports the divergence the same
-        way for every model; :meth:`mean` and :meth:`log_px_z` refuse them.
+        way for every model; :meth:`mean` refuses them.
         """
-        return self.decoder(self.check_z(z, finite=False))
+        z = self.check_z(z, finite=False)
+        return self.decoder(z) if c is None else self.decoder(z, c)
 
-    # --- derived from encode and decode ---------------------------------------------------------
-    def mean(self, z: Tensor) -> Tensor:
+    # --- the model: three distributions ---------------------------------------------------------
+    def posterior(self, x: Tensor, c: Any = None) -> Distribution:
+        r""":math:`q_\phi(z|x)`, event shape ``(z_dim,)``, batch shape ``(batch,)``.
+
+        Default: :meth:`encode`'s ``(mu, logvar)`` as a :class:`vaelib.distributions.DiagonalNormal`, or the
+        ``Distribution`` it returns.
+        """
+        out = self.encode(x) if c is None else self.encode(x, c)
+        if isinstance(out, Distribution):
+            return as_event(out, self.z_dim)
+        if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(t, Tensor) for t in out)):
+            raise TypeError(
+                f"{_name(self)}.encode must return a pair (mu, logvar) of tensors or a torch.distributions."
+                f"Distribution, got {type(out).__name__}"
+            )
+        mu, logvar = out
+        want = (x.shape[0], self.z_dim)
+        for what, t in (("mu", mu), ("logvar", logvar)):
+            if tuple(t.shape) != want:
+                raise ValueError(f"{_name(self)}.encode returned {what} of shape {tuple(t.shape)}; expected {want}")
+            if t.dtype != x.dtype:
+                raise TypeError(f"{_name(self)}.encode returned {what} of dtype {t.dtype}; expected {x.dtype}")
+        return DiagonalNormal(mu, logvar)
+
+    def prior(self, c: Any = None) -> Distribution:
+        r""":math:`p(z)`, event shape ``(z_dim,)``: :math:`\mathcal{N}(0, I)`, or what the ``prior`` module returns."""
+        if self.prior_module is not None:
+            out = self.prior_module() if c is None else self.prior_module(c)
+            if not isinstance(out, Distribution):
+                raise TypeError(f"the prior module must return a torch.distributions.Distribution, got {type(out).__name__}")
+            return as_event(out, self.z_dim)
+        p = _first_parameter(self)
+        return StandardNormal(self.z_dim, p.dtype, p.device)
+
+    def likelihood(self, z: Tensor, c: Any = None) -> Distribution:
+        r""":math:`p_\theta(x|z)`, event shape ``(x_dim,)``, batch shape ``z.shape[:-1]``.
+
+        Default: :meth:`decode` on the codes flattened to ``(n, z_dim)`` (a decoder written for a plain batch
+        works unchanged); a tensor output is read as ``likelihood_name`` says (Bernoulli logits, or the
+        Gaussian mean with variance ``exp(obs_logvar)``), a ``Distribution`` is taken as it is.
+
+        Args:
+            z: codes ``(..., z_dim)``.
+            c: context for ``z``'s last batch dimension (its first dimension is that size), or ``None``.
+        """
+        z = self.check_z(z, finite=False)
+        lead = z.shape[:-1]
+        flat = z.reshape(-1, self.z_dim)
+        if c is None:
+            out = self.decode(flat)
+        else:
+            out = self.decode(flat, _flat_context(c, lead))
+        n = flat.shape[0]
+        if isinstance(out, Distribution):
+            out = as_event(out, self.x_dim)
+            if out.batch_shape == lead or len(lead) == 1:
+                return out
+            return Unflattened(out, lead)
+        if not isinstance(out, Tensor) or tuple(out.shape) != (n, self.x_dim):
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"{_name(self)}.decode returned {got} for z of shape {(n, self.z_dim)}; "
+                             f"expected {(n, self.x_dim)} or a Distribution")
+        if out.dtype != z.dtype:
+            raise TypeError(f"{_name(self)}.decode returned dtype {out.dtype}; expected {z.dtype}")
+        return self.tensor_likelihood(out.reshape(*lead, self.x_dim))
+
+    def tensor_likelihood(self, out: Tensor) -> Distribution:
+        """The distribution that a decoder's tensor output ``out`` ``(..., x_dim)`` stands for: Bernoulli
+        logits, or a Gaussian mean with the learned ``obs_logvar`` (as ``likelihood_name`` says)."""
+        if self.likelihood_name == "bernoulli":
+            return BernoulliLogits(out)
+        return DiagonalNormal(out, self.obs_logvar)
+
+    # --- derived from the three methods (not to be overridden) ----------------------------------
+    def mean(self, z: Tensor, c: Any = None) -> Tensor:
         r"""The mean of :math:`p_\theta(x|z)` for codes ``(..., z_dim)``: pixel probabilities (Bernoulli) or
         the Gaussian mean."""
-        out = run_decoder(self, self.check_z(z))
-        return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
+        return run_likelihood(self, self.check_z(z), c).mean
 
-    def log_px_z(self, x: Tensor, z: Tensor) -> Tensor:
-        r""":math:`\log p_\theta(x|z)` in nats, summed over the ``x_dim`` pixels.
+    def log_px_z(self, x: Tensor, z: Tensor, c: Any = None) -> Tensor:
+        r""":math:`\log p_\theta(x|z)` in nats, summed over the ``x_dim`` pixels: ``likelihood(z).log_prob(x)``.
 
         Args:
             x: data, ``(batch, x_dim)``.
@@ -245,32 +374,40 @@ class VAE(nn.Module):
             raise ValueError(
                 f"z must have shape (..., {x.shape[0]}, {self.z_dim}) to match x, got {tuple(z.shape)}"
             )
-        return log_px_given(self, x, run_decoder(self, z))
+        lik = run_likelihood(self, z, c)
+        check_support(lik, x)
+        return lik.log_prob(x)
 
     def linear_gaussian_parameters(self) -> tuple[Tensor, Tensor, Tensor]:
         r"""``(W, b, obs_logvar)`` of a linear Gaussian decoder :math:`p_\theta(x|z) = \mathcal{N}(Wz + b, \sigma_x^2 I)`.
 
         For ``likelihood="gaussian"`` with the built-in decoder of ``hidden=()`` or a plain ``nn.Linear``
-        decoder, :meth:`decode` not overridden; :meth:`vaelib.toy.LinearGaussian.from_vae` uses it.
+        decoder, the default :meth:`decode`, :meth:`likelihood` and :meth:`prior` (none overridden);
+        :meth:`vaelib.toy.LinearGaussian.from_vae` uses it.
 
         Raises:
-            ValueError: the decoder is not a single linear layer, or the likelihood is not Gaussian.
+            ValueError: the decoder is not a single linear layer, the likelihood is not Gaussian, or the
+                prior or likelihood is not the default.
         """
         dec = self.decoder
         linear = dec.to_x if type(dec) is MLPDecoder and len(dec.body) == 0 else dec
-        overridden = type(self).decode is not VAE.decode or "decode" in vars(self)
-        if (self.likelihood != "gaussian" or type(linear) is not nn.Linear or linear.bias is None or overridden
-                or _has_hooks(linear) or _has_hooks(dec)):
+        overridden = any(_overrides(self, name) for name in ("decode", "likelihood", "prior", "tensor_likelihood"))
+        if (self.likelihood_name != "gaussian" or type(linear) is not nn.Linear or linear.bias is None or overridden
+                or self.prior_module is not None or _has_hooks(linear) or _has_hooks(dec)):
             raise ValueError(
-                "model must be a linear Gaussian VAE, VAE(..., hidden=(), likelihood='gaussian') or one whose "
-                f"decoder is an nn.Linear; got decoder {type(dec).__name__}, likelihood={self.likelihood!r}"
+                "model must be a linear Gaussian VAE with the N(0, I) prior, VAE(..., hidden=(), likelihood="
+                f"'gaussian') or one whose decoder is an nn.Linear; got decoder {type(dec).__name__}, "
+                f"likelihood={self.likelihood_name!r}" + (", a prior of its own" if self.prior_module is not None else "")
+                + (", an overridden decode/likelihood/prior" if overridden else "")
             )
         return linear.weight, linear.bias, self.obs_logvar
 
-    def forward(self, x: Tensor) -> Tensor:
-        r"""Reconstruct ``x``: the decoder's mean at the posterior mean, :math:`\mathbb{E}[x|z=\mu_\phi(x)]`."""
-        mu, _ = run_encoder(self, self.check_data(x))
-        return self.mean(mu)
+    def forward(self, x: Tensor, c: Any = None) -> Tensor:
+        r"""Reconstruct ``x``: the likelihood's mean at the posterior's mean, :math:`\mathbb{E}[x|z=\mathbb{E}_q[z]]`."""
+        from .distributions import mean
+
+        q = run_posterior(self, self.check_data(x), c)
+        return self.mean(mean(q), c)
 
 
 def _has_parameters(module: nn.Module) -> bool:
@@ -302,71 +439,125 @@ def _check_device(device: object) -> torch.device:
 
 
 # --- how the library calls a model ------------------------------------------------------------
-def run_encoder(model: VAE, x: Tensor) -> tuple[Tensor, Tensor]:
-    r"""``model.encode(x)``, with its result checked: two ``(batch, z_dim)`` tensors of the model's dtype.
-
-    Every function of :mod:`vaelib` encodes through this, so an override of :meth:`VAE.encode` (or a
-    custom ``encoder``) is always what runs, and a wrong output shape is a clear error, not a silently
-    broadcast number.
-    """
-    out = model.encode(x)
-    want = (x.shape[0], model.z_dim)
-    if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(t, Tensor) for t in out)):
-        raise TypeError(f"{_name(model)}.encode must return a pair (mu, logvar) of tensors, got {type(out).__name__}")
-    mu, logvar = out
-    for what, t in (("mu", mu), ("logvar", logvar)):
-        if tuple(t.shape) != want:
-            raise ValueError(f"{_name(model)}.encode returned {what} of shape {tuple(t.shape)}; expected {want}")
-        if t.dtype != x.dtype:
-            raise TypeError(f"{_name(model)}.encode returned {what} of dtype {t.dtype}; expected {x.dtype}")
-    return mu, logvar
+def _flat_context(c: Any, lead: torch.Size) -> Any:
+    """The context of a batch for codes with leading dimensions ``lead`` (the last one the batch), flattened
+    as the codes are: a tensor ``(batch, ...)`` is repeated over the sample dimensions."""
+    if not isinstance(c, Tensor) or len(lead) <= 1:
+        return c
+    if c.shape[0] != lead[-1]:
+        raise ValueError(f"the context has {c.shape[0]} rows, the codes a batch of {lead[-1]}")
+    return c.expand(*lead[:-1], *c.shape).reshape(-1, *c.shape[1:])
 
 
-def run_decoder(model: VAE, z: Tensor) -> Tensor:
-    r"""``model.decode`` applied to codes ``z`` ``(..., z_dim)``: returns ``(..., x_dim)``.
-
-    The decoder always receives a plain batch ``(n, z_dim)`` (leading sample dimensions are flattened
-    into ``n`` and restored afterwards), so a decoder written for batches, such as a convolutional one
-    that reshapes to images, works unchanged. Its result is checked to be ``(n, x_dim)``.
-    """
-    lead = z.shape[:-1]
-    flat = z.reshape(-1, model.z_dim)
-    out = model.decode(flat)
-    want = (flat.shape[0], model.x_dim)
-    if not isinstance(out, Tensor) or tuple(out.shape) != want:
-        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(f"{_name(model)}.decode returned {got} for z of shape {tuple(flat.shape)}; expected {want}")
-    if out.dtype != z.dtype:
-        raise TypeError(f"{_name(model)}.decode returned dtype {out.dtype}; expected {z.dtype}")
-    return out.reshape(*lead, model.x_dim)
+def _overrides(model: nn.Module, name: str) -> bool:
+    """Whether ``model`` replaces ``VAE.<name>``: in a subclass, or on the instance."""
+    return getattr(type(model), name) is not getattr(VAE, name) or name in vars(model)
 
 
-def log_px_given(model: VAE, x: Tensor, out: Tensor) -> Tensor:
-    r""":math:`\log p_\theta(x|z)` ``(..., batch)`` from the decoder's output ``out`` ``(..., batch, x_dim)``.
+def _call(method: Any, *args: Any, c: Any = None) -> Any:
+    return method(*args) if c is None else method(*args, c)
 
-    Bernoulli: :math:`x \cdot o - \sum_j \operatorname{softplus}(o_j)` (see :func:`vaelib.log_bernoulli`);
-    Gaussian: :func:`vaelib.log_normal` with the model's ``obs_logvar``.
-    """
-    if model.likelihood == "bernoulli":
-        # The dot product never materialises x * logits: with many samples of z (importance sampling) a
-        # batched matrix-vector product is fastest, with one (training) a row-wise vecdot.
-        if out.dim() > 2 and out.shape[0] > 1:
-            x_dot_logits = torch.einsum("...bj,bj->...b", out, x)
-        else:
-            x_dot_logits = torch.linalg.vecdot(out, x)
-        return x_dot_logits - F.softplus(out, threshold=40.0).sum(-1)
-    return _log_normal(x, out, model.obs_logvar)
+
+def run_posterior(model: VAE, x: Tensor, c: Any = None) -> Distribution:
+    r"""``model.posterior(x)`` (``(x, c)`` with a context), checked: a ``Distribution`` with event shape
+    ``(z_dim,)`` and batch shape ``(batch,)``. Every function of :mod:`vaelib` reaches :math:`q_\phi(z|x)` here."""
+    q = _call(model.posterior, x, c=c)
+    if not isinstance(q, Distribution):
+        raise TypeError(f"{_name(model)}.posterior must return a torch.distributions.Distribution, got {type(q).__name__}")
+    q = as_event(q, model.z_dim)
+    want = (x.shape[0],)
+    if tuple(q.event_shape) != (model.z_dim,) or tuple(q.batch_shape) != want:
+        raise ValueError(
+            f"{_name(model)}.posterior returned a {type(q).__name__} of batch shape {tuple(q.batch_shape)} and event "
+            f"shape {tuple(q.event_shape)}; expected batch shape {want} and event shape ({model.z_dim},)"
+        )
+    return q
+
+
+def run_prior(model: VAE, c: Any = None, batch: int | None = None) -> Distribution:
+    r"""``model.prior()`` (``prior(c)``), checked: event shape ``(z_dim,)``, a batch shape of ``()`` or, with
+    a context, ``(batch,)``."""
+    p = _call(model.prior, c=c)
+    if not isinstance(p, Distribution):
+        raise TypeError(f"{_name(model)}.prior must return a torch.distributions.Distribution, got {type(p).__name__}")
+    p = as_event(p, model.z_dim)
+    allowed = [()] if batch is None else [(), (batch,)]
+    if tuple(p.event_shape) != (model.z_dim,) or tuple(p.batch_shape) not in allowed:
+        raise ValueError(
+            f"{_name(model)}.prior returned a {type(p).__name__} of batch shape {tuple(p.batch_shape)} and event shape "
+            f"{tuple(p.event_shape)}; expected event shape ({model.z_dim},) and batch shape "
+            + " or ".join(str(a) for a in allowed)
+        )
+    return p
+
+
+def run_likelihood(model: VAE, z: Tensor, c: Any = None) -> Distribution:
+    r"""``model.likelihood(z)`` (``(z, c)``), checked: event shape ``(x_dim,)``, batch shape ``z.shape[:-1]``."""
+    lik = _call(model.likelihood, z, c=c)
+    if not isinstance(lik, Distribution):
+        raise TypeError(f"{_name(model)}.likelihood must return a torch.distributions.Distribution, got {type(lik).__name__}")
+    lik = as_event(lik, model.x_dim)
+    if tuple(lik.event_shape) != (model.x_dim,) or lik.batch_shape != z.shape[:-1]:
+        raise ValueError(
+            f"{_name(model)}.likelihood returned a {type(lik).__name__} of batch shape {tuple(lik.batch_shape)} and "
+            f"event shape {tuple(lik.event_shape)} for z of shape {tuple(z.shape)}; expected batch shape "
+            f"{tuple(z.shape[:-1])} and event shape ({model.x_dim},)"
+        )
+    return lik
 
 
 def _name(model: nn.Module) -> str:
     return type(model).__name__
 
 
+def check_data_support(model: VAE, x: Tensor, c: Any = None, name: str = "x") -> None:
+    """Raise ``ValueError`` unless ``x`` lies in the support of the model's likelihood (probed at the code
+    ``z = 0``, for the first row's context): data checked once before a loop that scores them."""
+    check_support(probe_likelihood(model, c), x, name)
+
+
+def probe_likelihood(model: VAE, c: Any = None) -> Distribution:
+    """The model's likelihood at the code ``z = 0`` (for the first row's context), to learn its support.
+
+    A probe leaves no trace: it runs without gradient, in evaluation mode (no dropout draw, no batch-norm
+    statistic updated; the previous mode is restored) and with PyTorch's global generators forked.
+    """
+    z0 = torch.zeros(1, model.z_dim, dtype=model.dtype, device=model.device)
+    first = c[:1] if isinstance(c, Tensor) else c
+    was_training = model.training
+    devices = [model.device.index or 0] if model.device.type == "cuda" else []
+    try:
+        model.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            return run_likelihood(model, z0, first)
+    finally:
+        model.train(was_training)
+
+
+def check_support(lik: Distribution, x: Tensor, name: str = "x") -> None:
+    """Raise ``ValueError`` unless every row of ``x`` lies in the support of the likelihood ``lik`` (binary
+    for a Bernoulli, integers in range for a categorical...)."""
+    support = lik.support
+    base = getattr(support, "base_constraint", support)
+    if isinstance(base, type(torch.distributions.constraints.boolean)):
+        check_binary(name, x)
+        return
+    if isinstance(base, type(torch.distributions.constraints.real)):
+        return  # finite data (checked with the data) are real
+    try:
+        ok = bool(torch.as_tensor(support.check(x)).all())
+    except Exception as err:  # a support that cannot check this shape: leave it to log_prob
+        del err
+        return
+    if not ok:
+        raise ValueError(f"{name} lies outside the support of the likelihood {type(lik).__name__} ({support})")
+
+
 # --- the built-in architecture, recognised exactly --------------------------------------------
 #: Module types that make up a model built by ``VAE(x_dim, z_dim, hidden, likelihood)``.
 _BUILTIN_TYPES = (MLPEncoder, MLPDecoder, nn.Sequential, nn.Linear, nn.ReLU)
 #: Methods of VAE that the hand-written paths reproduce: overriding any of them on an instance disqualifies it.
-_VAE_METHODS = ("encode", "decode", "mean", "log_px_z", "forward")
+_VAE_METHODS = (*MODEL_METHODS, *DERIVED_METHODS, "tensor_likelihood")
 
 
 def _has_hooks(module: nn.Module) -> bool:
@@ -383,9 +574,10 @@ def is_builtin_mlp(model: object) -> bool:
 
     True only for an instance of :class:`VAE` itself (not a subclass) whose encoder and decoder are the
     built-in :class:`MLPEncoder` and :class:`MLPDecoder`, made of ``nn.Linear`` and ``nn.ReLU`` in the
-    built-in order and sizes, with no module replaced, no method overridden on an instance, no hook,
-    no extra parameter or buffer, every parameter requiring a gradient, all of one floating dtype and
-    device. Those are the conditions under which :func:`vaelib.elbo_backward` (the chain rule written
+    built-in order and sizes, with the three default distributions (no ``prior`` module; no
+    :meth:`VAE.posterior`, :meth:`VAE.prior`, :meth:`VAE.likelihood`, :meth:`VAE.encode` or
+    :meth:`VAE.decode` replaced on the instance), no hook, no extra parameter or buffer, every parameter
+    requiring a gradient, all of one floating dtype and device. Those are the conditions under which :func:`vaelib.elbo_backward` (the chain rule written
     out) and the folded decoder of :func:`vaelib.log_likelihood` compute exactly what autograd and
     :meth:`VAE.decode` compute; :func:`vaelib.fit` and :func:`vaelib.log_likelihood` take those fast
     paths only when this is true.
@@ -417,7 +609,9 @@ def has_builtin_architecture(model: object) -> bool:
            for layer, n_in, n_out in heads):
         return False
     expected = [p for m in (enc, dec) for p in m.parameters()]
-    if model.likelihood == "gaussian":
+    if model.prior_module is not None:
+        return False
+    if model.likelihood_name == "gaussian":
         if not isinstance(getattr(model, "obs_logvar", None), nn.Parameter) or model.obs_logvar.shape != ():
             return False
         expected.append(model.obs_logvar)

@@ -1,19 +1,20 @@
-r"""Training a VAE by stochastic gradient ascent on the ELBO: the loop of chapter 5.
+r"""Training a VAE by stochastic gradient ascent on the ELBO (or a tighter bound): the loop of chapter 5.
 
 Every step of :func:`fit` is the minibatch algorithm of Kingma & Welling (2014):
 
 .. code-block:: python
 
-    xb = x_epoch[perm[start : start + batch_size]]         # a minibatch, freshly binarised each epoch
-    terms = vaelib.elbo(model, xb, n_samples, beta_t, g)   # z = mu + sigma * eps, per example
-    loss = -terms.objective.mean()                         # the negative (beta-weighted) ELBO
-    optimizer.zero_grad(); loss.backward(); optimizer.step()   # torch.optim.Adam
+    xb = x_epoch[perm[start : start + batch_size]]       # a minibatch, freshly binarised each epoch
+    step = objective(model, xb, c, g, t, steps_per_epoch) # e.g. ELBO: z ~ model.posterior(xb), ...
+    optimizer.zero_grad(); step.loss.backward(); optimizer.step()   # torch.optim.Adam
 
-for any model: the built-in MLP, a subclass, or a VAE built from your own modules. One exact economy:
-for the built-in MLP itself (:func:`vaelib.model.is_builtin_mlp`), the gradient comes from
-:func:`vaelib.elbo_backward`, the same chain rule written out by hand (the same numbers, tested against
-autograd); the benchmark shows what it saves. The loop slices a pre-loaded tensor (no per-sample
-``DataLoader``) and is seeded end to end: the same ``seed`` gives the same parameters.
+for any model (the built-in MLP, a subclass, your own modules, prior, posterior and likelihood) and any
+objective of :mod:`vaelib.objectives` (the ELBO with beta, warm-up and free bits; IWAE; DReG). One exact
+economy: for the built-in MLP with the plain ELBO (:func:`vaelib.model.is_builtin_mlp`), the gradient
+comes from :func:`vaelib.elbo_backward`, the same chain rule written out by hand (the same numbers,
+tested against autograd); the benchmark shows what it saves. The loop slices a pre-loaded tensor (no
+per-sample ``DataLoader``, though it accepts one) and is seeded end to end: the same ``seed`` gives the
+same parameters, and a second call continues the run (:class:`FitState`).
 """
 
 from __future__ import annotations
@@ -22,18 +23,20 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from ._validate import check_count, check_float, check_int, check_tensor, in_unit_interval
+from ._validate import check_float, check_int, check_tensor, in_unit_interval
 from .backprop import _elbo_backward
 from .data import Digits, _Binarizer
-from .elbo import ELBOTerms, _elbo
-from .model import VAE, _check_device, is_builtin_mlp
+from .elbo import _elbo
+from .model import VAE, _check_device, check_data_support, is_builtin_mlp, probe_likelihood
+from .objectives import DReG, ELBO, IWAE, Objective, Step
 
 Schedule = Literal["constant", "cosine"]
 
@@ -96,134 +99,212 @@ class History:
         return len(self.train_elbo)
 
 
+@dataclass
+class FitState:
+    """Where a training run stands, kept on the model by :func:`vaelib.fit` (``model.fit_state``) so that the
+    next call continues it, and saved with it by :func:`vaelib.save`.
+
+    Attributes:
+        epoch: epochs completed.
+        step: updates made (the position of the learning-rate schedule and of the KL warm-up).
+        optimizer: ``torch.optim.Adam``'s ``state_dict()`` (its moments and step counts).
+        generator: the state of the run's random generator (data order, binarisation, noise).
+        settings: what the run was started with; a continuing call must repeat it (``restart=True`` starts
+            a new run instead).
+    """
+
+    epoch: int
+    step: int
+    optimizer: dict[str, Any]
+    generator: Tensor
+    settings: dict[str, Any]
+
+
 def fit(
     model: VAE,
-    train: Tensor | Digits,
+    train: Any,
     epochs: int,
     *,
-    valid: Tensor | Digits | None = None,
+    valid: Any = None,
+    objective: Objective | None = None,
     batch_size: int = 128,
     lr: float = 1e-3,
     lr_schedule: Schedule = "constant",
-    beta: float = 1.0,
-    warmup_epochs: float = 0.0,
-    n_samples: int = 1,
+    total_epochs: int | None = None,
+    beta: float | None = None,
+    warmup_epochs: float | None = None,
+    n_samples: int | None = None,
     binarize: bool | None = None,
     patience: int | None = None,
     seed: int = 0,
     progress: bool | None = None,
     device: torch.device | str | None = None,
+    restart: bool = False,
 ) -> History:
-    r"""Train ``model`` by maximising the (β-weighted) ELBO with Adam; return the :class:`History`.
+    r"""Train ``model`` by maximising an objective (by default the ELBO) with Adam; return the :class:`History`.
 
-    Each step takes a minibatch :math:`x_{1..B}`, draws :math:`z = \mu + \sigma\odot\epsilon`, and makes
-    one ``torch.optim.Adam`` step (default betas and eps, ``lr``) on the gradient of the loss
-    :math:`-\frac1B\sum_i \bigl[\log p_\theta(x_i|z_i) - \beta_t\, D_{\mathrm{KL}}(q_\phi(z|x_i)\|p(z))\bigr]`
-    (``n_samples > 1`` averages the reconstruction term over that many draws of :math:`z`), as
-    ``loss.backward()`` computes it through the model's :meth:`~vaelib.VAE.encode` and
-    :meth:`~vaelib.VAE.decode`. Exactly the parameters with ``requires_grad=True`` are trained; the others
-    stay bit-identical. The built-in MLP gets the same gradient from :func:`vaelib.elbo_backward`.
+    Each step takes a minibatch :math:`x_{1..B}` and makes one ``torch.optim.Adam`` step (default betas and
+    eps, ``lr``) on the gradient of the objective's loss, for the ELBO
+    :math:`-\frac1B\sum_i \bigl[\log p_\theta(x_i|z_i) - \beta_t\, D_{\mathrm{KL}}(q_\phi(z|x_i)\|p(z))\bigr]`,
+    :math:`z_i \sim q_\phi(z|x_i)` reparameterised, as ``loss.backward()`` computes it through the model's
+    ``posterior``, ``prior`` and ``likelihood``. Exactly the parameters with ``requires_grad=True`` are
+    trained (a learned prior's included); the others stay bit-identical. The built-in MLP with the plain
+    ELBO gets the same gradient from :func:`vaelib.elbo_backward`.
+
+    **A second call continues the run.** The model keeps a :class:`FitState` (``model.fit_state``; also in
+    a checkpoint written by :func:`vaelib.save`): the next ``fit`` on it resumes Adam's moments, the
+    schedule and warm-up at the update reached, and the random stream, so ``fit(m, x, 10)`` twice gives the
+    parameters of ``fit(m, x, 20)`` (with the same settings; early stopping counts within one call). A
+    continuing call must repeat the run's settings; ``restart=True`` starts a new run from the current
+    parameters.
 
     Args:
-        model: the :class:`vaelib.VAE` to train (in place): built-in, a subclass, or your own modules.
-        train: training data ``(n, x_dim)`` (or :class:`vaelib.data.Digits`).
-        epochs: passes over ``train`` (``>= 1``).
-        valid: held-out data, scored with the ELBO after every epoch (binary for a Bernoulli model).
-        batch_size: examples per step.
+        model: the :class:`vaelib.VAE` to train (in place).
+        train: training data: a tensor ``(n, x_dim)``, a :class:`vaelib.data.Digits`, a pair ``(x, c)`` whose
+            context ``c`` (a tensor, one row per example: labels, for a conditional VAE) is passed to the
+            model's three methods, or any iterable of batches (a ``torch.utils.data.DataLoader``), each a
+            tensor or a pair ``(x, c)``. An iterable is used in its own order (seed its generator for a
+            reproducible run).
+        epochs: passes over ``train`` in this call (``>= 1``).
+        valid: held-out data in the same forms, scored with the ELBO after every epoch (in the likelihood's
+            support: binary for a Bernoulli model).
+        objective: :class:`vaelib.objectives.ELBO` (default), :class:`~vaelib.objectives.IWAE` or
+            :class:`~vaelib.objectives.DReG`.
+        batch_size: examples per step (for tensors; an iterable brings its own batches).
         lr: Adam's learning rate.
-        lr_schedule: ``"constant"``, or ``"cosine"`` (anneal from ``lr`` to 0 over all steps).
-        beta: final KL weight :math:`\beta` (1 gives the ELBO).
-        warmup_epochs: epochs over which :math:`\beta_t` rises linearly from 0 to ``beta``
-            (KL warm-up; 0 disables it).
-        n_samples: reparameterised samples of ``z`` per example and step.
-        binarize: draw a fresh binarisation of ``train`` every epoch. ``None`` (default) does so for a
-            Bernoulli model whose data are not already binary.
+        lr_schedule: ``"constant"``, or ``"cosine"`` (anneal from ``lr`` to 0 over ``total_epochs``).
+        total_epochs: the length of the cosine schedule (default: ``epochs`` of the call that starts the
+            run); a run cannot continue past it.
+        beta, warmup_epochs, n_samples: shorthand for ``objective=ELBO(beta, warmup_epochs, n_samples=...)``
+            (defaults 1, 0 and 1); not together with ``objective``.
+        binarize: draw a fresh binarisation of ``train`` every epoch. ``None`` (default) does so when the
+            likelihood is a Bernoulli (its support is {0, 1}) and the data are not already binary.
         patience: stop when the validation ELBO has not improved for this many epochs, and restore the
             best parameters (needs ``valid``).
-        seed: seeds data order, binarisation and sampling noise (the built-in model's initialisation is
-            seeded by ``VAE(..., seed=...)``).
+        seed: seeds data order, binarisation and sampling noise of a new run (the built-in model's
+            initialisation is seeded by ``VAE(..., seed=...)``).
         progress: show a progress bar; ``None`` shows one unless ``VAELIB_PROGRESS=0`` is set.
         device: move the model and data there first (default: the model's device).
+        restart: start a new run even if the model carries one (fresh Adam, step 0, the stream of ``seed``).
 
     Raises:
+        ValueError: a bad argument; a continuing call with other settings than its run's; a trainable
+            parameter that gets no gradient from the objective at the first step (named; nothing is
+            updated), e.g. ``obs_logvar`` of a ``likelihood="gaussian"`` model whose decoder returns its own
+            distribution.
         TrainingDivergedError: the loss or a gradient became NaN/inf; says which epoch and batch. The model
             keeps parameters at which the loss was found finite: a failing update is never applied, and
             after a non-finite loss the model goes back to the parameters saved at most
-            :data:`SNAPSHOT_EVERY` updates earlier (the error says from which epoch and batch).
+            :data:`SNAPSHOT_EVERY` updates earlier (the error says from which epoch and batch). The run
+            cannot be continued (``model.fit_state`` is cleared).
     """
     if not isinstance(model, VAE):
         raise TypeError(f"model must be a vaelib.VAE, got {type(model).__name__}")
     epochs, batch_size = check_int("epochs", epochs), check_int("batch_size", batch_size)
-    n_samples = check_count("n_samples", n_samples, per_item=batch_size * (model.x_dim + model.z_dim))
     lr = check_float("lr", lr, minimum=0.0, strict=True)
-    beta = check_float("beta", beta, minimum=0.0)
-    warmup_epochs = check_float("warmup_epochs", warmup_epochs, minimum=0.0)
     seed = check_int("seed", seed, minimum=0)
+    objective = _objective(objective, beta, warmup_epochs, n_samples)
     if lr_schedule not in ("constant", "cosine"):
         raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+    if total_epochs is not None:
+        total_epochs = check_int("total_epochs", total_epochs)
+        if lr_schedule != "cosine":
+            raise ValueError("total_epochs is the length of the cosine schedule: pass lr_schedule='cosine'")
     if patience is not None:
         patience = check_int("patience", patience)
         if valid is None:
             raise ValueError("patience (early stopping) needs validation data: pass valid=")
+    if not isinstance(restart, bool):
+        raise TypeError(f"restart must be True or False, got {type(restart).__name__}")
     device = model.device if device is None else _check_device(device)
-    x, binarizer = _training_data(model, train, binarize)
-    x_valid = None if valid is None else model.check_x(_as_tensor(valid), "valid")
+    data = _Data(model, train, "train", binarize, batch_size)
+    valid_data = None if valid is None else _Data(model, valid, "valid", False, 1000)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no parameter that requires a gradient: nothing to train")
+    steps_per_epoch = data.steps_per_epoch
+    if steps_per_epoch is None and (lr_schedule == "cosine" or _needs_steps(objective)):
+        raise ValueError("train has no len(): a cosine schedule or a KL warm-up needs the number of batches "
+                         "per epoch (a DataLoader has it)")
+    settings = {"batch_size": batch_size, "lr": lr, "lr_schedule": lr_schedule, "objective": repr(objective),
+                "seed": seed, "steps_per_epoch": steps_per_epoch,
+                "trainable": [name for name, p in model.named_parameters() if p.requires_grad]}
+    state = None if restart else getattr(model, "fit_state", None)
+    if state is not None:
+        _check_continuation(state, settings)
+        horizon = state.settings["horizon"]
+    else:
+        horizon = None if lr_schedule != "cosine" else (total_epochs or epochs) * steps_per_epoch
+    if state is not None and total_epochs is not None and total_epochs * steps_per_epoch != horizon:
+        raise ValueError(f"this run's cosine schedule lasts {horizon // steps_per_epoch} epochs; total_epochs "
+                         f"cannot change it to {total_epochs} (restart=True starts a new run)")
+    first_step = 0 if state is None else state.step
+    if horizon is not None and first_step + epochs * steps_per_epoch > horizon:
+        raise ValueError(
+            f"the cosine schedule ends after {horizon // steps_per_epoch} epochs and this run has done "
+            f"{first_step // steps_per_epoch}: {epochs} more would go past its end. Pass total_epochs= when "
+            "the run starts, or restart=True"
+        )
 
     # Everything is checked: only now is anything moved or changed.
     model.to(device)
-    if x.device != device:
-        x = x.to(device)
-        binarizer = None if binarizer is None else _Binarizer(x)
-    x_valid = None if x_valid is None else x_valid.to(device)
-    gradient = _HandWritten(params) if is_builtin_mlp(model) else _Autograd()
+    data.to(device)
+    if valid_data is not None:
+        valid_data.to(device)
+    gradient = (_HandWritten(params, objective)
+                if is_builtin_mlp(model) and type(objective) is ELBO and objective.free_bits == 0 and not data.has_context
+                else _Autograd(objective))
     optimizer = torch.optim.Adam(params, lr=lr, betas=ADAM_BETAS, fused=device.type in ("cpu", "cuda"))
-    last_good = _LastGood(params)  # parameters at which the loss was finite, saved every SNAPSHOT_EVERY steps
-    n = x.shape[0]
-    steps_per_epoch = math.ceil(n / batch_size)
-    total_steps, warmup_steps = epochs * steps_per_epoch, warmup_epochs * steps_per_epoch
     g = torch.Generator(device=device).manual_seed(seed)
-    history, best, best_state, since_best, step = History(), -math.inf, None, 0, 0
+    first_epoch = 0
+    if state is not None:
+        optimizer.load_state_dict(state.optimizer)
+        g.set_state(state.generator)
+        first_epoch = state.epoch
+    last_good = _LastGood(params)  # parameters at which the loss was finite, saved every SNAPSHOT_EVERY steps
+    history, best, best_state, since_best, step = History(), -math.inf, None, 0, first_step
     show = _progress_default() if progress is None else bool(progress)
-    bar = tqdm(range(1, epochs + 1), desc="fit", unit="epoch", disable=not show, file=sys.stderr)
-    x_epoch = x
+    bar = tqdm(range(first_epoch + 1, first_epoch + epochs + 1), desc="fit", unit="epoch", disable=not show,
+               file=sys.stderr)
+    model.fit_state = None  # a run that fails half-way cannot be continued
     model.train()
+    checked_gradients = False
     try:
         for epoch in bar:
             t0 = time.perf_counter()
-            perm = torch.randperm(n, generator=g, device=device)
-            if binarizer is not None:  # a fresh binarisation, drawn into the same tensor every epoch
-                x_epoch = binarizer(g, previous=None if x_epoch is x else x_epoch)
-            sum_elbo = sum_kl = 0.0
-            for b, start in enumerate(range(0, n, batch_size), start=1):
-                xb = x_epoch.index_select(0, perm[start : start + batch_size])
-                beta_t = beta if warmup_steps == 0 else beta * min(1.0, (step + 1) / warmup_steps)
-                lr_t = lr if lr_schedule == "constant" else 0.5 * lr * (1 + math.cos(math.pi * step / total_steps))
-                terms = gradient(model, xb, n_samples, beta_t, g)  # the loss's gradient is now in p.grad
-                loss, elbo_sum, kl_sum, grad_norm = _read(terms, gradient.squared_norm(params))
+            sum_bound = sum_kl = 0.0
+            n_seen = 0
+            for b, (xb, cb) in enumerate(data.batches(g), start=1):
+                lr_t = lr if horizon is None else 0.5 * lr * (1 + math.cos(math.pi * step / horizon))
+                result = gradient(model, xb, cb, g, step, steps_per_epoch or 1)  # the gradient is now in p.grad
+                if not checked_gradients:
+                    _check_every_parameter_learns(model)
+                    checked_gradients = True
+                loss, bound_sum, kl_sum, grad_norm = _read(result, gradient.squared_norm(params))
                 if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                     raise _diverged("loss" if not math.isfinite(loss) else "gradient", epoch, b,
-                                    steps_per_epoch, history, last_good, model, x_epoch, seed)
+                                    steps_per_epoch, history, last_good, model, data, seed)
                 if step % SNAPSHOT_EVERY == 0:
                     last_good.save(epoch, b)
                 optimizer.param_groups[0]["lr"] = lr_t
                 optimizer.step()
                 step += 1
-                sum_elbo += elbo_sum
+                sum_bound += bound_sum
                 sum_kl += kl_sum
-            history.train_elbo.append(sum_elbo / n)
-            history.train_kl.append(sum_kl / n)
+                n_seen += xb.shape[0]
+            if n_seen == 0:
+                raise ValueError("train yielded no batch")
+            history.train_elbo.append(sum_bound / n_seen)
+            history.train_kl.append(sum_kl / n_seen)
             history.lr.append(lr_t)
-            history.beta.append(beta_t)
-            postfix = {"train_elbo": f"{history.train_elbo[-1]:.2f}"}
-            if x_valid is not None:
-                history.valid_elbo.append(_mean_elbo(model, x_valid, seed + 1))  # same noise every epoch
+            history.beta.append(objective.beta_at(step - 1, steps_per_epoch or 1) if type(objective) is ELBO else 1.0)
+            postfix = {"train": f"{history.train_elbo[-1]:.2f}"}
+            if valid_data is not None:
+                history.valid_elbo.append(_mean_elbo(model, valid_data, seed + 1))  # same noise every epoch
                 model.train()
                 postfix["valid_elbo"] = f"{history.valid_elbo[-1]:.2f}"
                 if history.valid_elbo[-1] > best:
-                    best, since_best, history.best_epoch = history.valid_elbo[-1], 0, epoch
+                    best, since_best, history.best_epoch = history.valid_elbo[-1], 0, epoch - first_epoch
                     if patience is not None:
                         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 else:
@@ -234,9 +315,9 @@ def fit(
                 history.stopped_early = True
                 break
         # The last update has not been scored yet: score it on the last batch (unless the best is restored).
-        if best_state is None and not math.isfinite(_mean_elbo(model, xb, seed + 2)):
+        if best_state is None and not math.isfinite(_mean_elbo(model, _Data.single(model, xb, cb), seed + 2)):
             raise _diverged("loss after the last update", epoch, b, steps_per_epoch, history, last_good,
-                            model, x_epoch, seed)
+                            model, data, seed)
     finally:  # also when training diverges: no gradient outlives fit
         bar.close()
         for p in params:
@@ -244,18 +325,71 @@ def fit(
         model.eval()
     if best_state is not None:
         model.load_state_dict(best_state)
+    else:
+        model.fit_state = FitState(epoch=epoch, step=step, optimizer=optimizer.state_dict(), generator=g.get_state(),
+                                   settings={**settings, "horizon": horizon})
     return history
+
+
+def _objective(objective: object, beta: object, warmup_epochs: object, n_samples: object) -> Objective:
+    shorthand = {"beta": beta, "warmup_epochs": warmup_epochs, "n_samples": n_samples}
+    given = [k for k, v in shorthand.items() if v is not None]
+    if objective is None:
+        return ELBO(beta=1.0 if beta is None else beta, warmup_epochs=0.0 if warmup_epochs is None else warmup_epochs,
+                    n_samples=1 if n_samples is None else n_samples)
+    if type(objective) not in (ELBO, IWAE, DReG):
+        raise TypeError("objective must be vaelib.objectives.ELBO, IWAE or DReG, got "
+                        f"{type(objective).__name__}")
+    if given:
+        raise ValueError(f"{', '.join(given)} belong to the objective: pass objective=ELBO(...) alone")
+    return objective  # type: ignore[return-value]
+
+
+def _needs_steps(objective: Objective) -> bool:
+    return type(objective) is ELBO and objective.warmup_epochs > 0
+
+
+def _check_continuation(state: FitState, settings: dict[str, Any]) -> None:
+    differ = [f"{k}={settings[k]!r} (the run has {state.settings.get(k)!r})" for k in settings
+              if _plain(state.settings.get(k)) != _plain(settings[k])]
+    if differ:
+        raise ValueError(
+            f"the model carries a training run ({state.epoch} epochs) that this call would continue, but "
+            f"{'; '.join(differ)}: pass the run's settings to continue it, or restart=True to start a new run "
+            "from the current parameters"
+        )
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists (a setting read back from a checkpoint compares equal to the one given)."""
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _check_every_parameter_learns(model: VAE) -> None:
+    """Raise if a trainable parameter got no gradient at the first step (the objective never reaches it)."""
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    if missing:
+        raise ValueError(
+            f"{', '.join(missing)} of {type(model).__name__} get no gradient from the objective, so training "
+            "would never change them: the loss does not depend on them (a prior, likelihood or posterior that "
+            "vaelib does not reach? an obs_logvar that a decoder returning its own distribution ignores?). "
+            "Use them in the model's posterior, prior or likelihood, or freeze them (requires_grad_(False))"
+        )
 
 
 # --- the two ways to the gradient ----------------------------------------------------------------
 class _Autograd:
-    """Any model: the batch's ELBO through ``model.encode``/``model.decode``, then ``loss.backward()``."""
+    """Any model and objective: the batch's loss through the model's three distributions, then
+    ``loss.backward()``."""
 
-    def __call__(self, model: VAE, xb: Tensor, n_samples: int, beta: float, g: torch.Generator) -> ELBOTerms:
-        terms = _elbo(model, xb, n_samples, beta, g)
+    def __init__(self, objective: Objective) -> None:
+        self.objective = objective
+
+    def __call__(self, model: VAE, xb: Tensor, cb: Any, g: torch.Generator, step: int, steps_per_epoch: int) -> Step:
+        result = self.objective(model, xb, cb, g, step, steps_per_epoch)
         model.zero_grad(set_to_none=True)
-        (-terms.objective.mean()).backward()
-        return ELBOTerms(terms.elbo.detach(), terms.reconstruction.detach(), terms.kl.detach(), beta)
+        result.loss.backward()
+        return Step(result.loss.detach(), result.bound, result.kl)
 
     @staticmethod
     def squared_norm(params: list[Tensor]) -> Tensor:
@@ -265,29 +399,33 @@ class _Autograd:
 
 
 class _HandWritten:
-    """The built-in MLP only: the same gradient from :func:`vaelib.elbo_backward` (same noise, same terms),
-    written in place into views of one buffer, so that its norm is a single dot product."""
+    """The built-in MLP with the plain ELBO only: the same gradient from :func:`vaelib.elbo_backward` (same
+    noise, same terms), written in place into views of one buffer, so that its norm is a single dot product."""
 
-    def __init__(self, params: list[Tensor]) -> None:
+    def __init__(self, params: list[Tensor], objective: ELBO) -> None:
+        self.objective = objective
         self.buffer = torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
         offset = 0
         for p in params:
             p.grad = self.buffer[offset : offset + p.numel()].view_as(p)
             offset += p.numel()
 
-    def __call__(self, model: VAE, xb: Tensor, n_samples: int, beta: float, g: torch.Generator) -> ELBOTerms:
-        return _elbo_backward(model, xb, n_samples, beta, g)
+    def __call__(self, model: VAE, xb: Tensor, cb: Any, g: torch.Generator, step: int, steps_per_epoch: int) -> Step:
+        beta = self.objective.beta_at(step, steps_per_epoch)
+        terms = _elbo_backward(model, xb, self.objective.n_samples, beta, g)
+        return Step(-terms.objective.mean(), terms.elbo, terms.kl)
 
     def squared_norm(self, params: list[Tensor]) -> Tensor:
         return torch.dot(self.buffer, self.buffer)
 
 
-def _read(terms: ELBOTerms, squared_norm: Tensor) -> tuple[float, float, float, float]:
-    """The batch's loss, ELBO sum, KL sum and gradient norm (NaN or inf if any entry is), read at once."""
-    objective, elbo_sum, kl_sum, norm_sq = torch.stack(
-        [terms.objective.sum(), terms.elbo.sum(), terms.kl.sum(), squared_norm.to(terms.elbo.dtype)]
+def _read(result: Step, squared_norm: Tensor) -> tuple[float, float, float, float]:
+    """The batch's loss, bound sum, KL sum and gradient norm (NaN or inf if any entry is), read at once."""
+    dtype = result.bound.dtype
+    loss, bound_sum, kl_sum, norm_sq = torch.stack(
+        [result.loss.to(dtype), result.bound.sum(), result.kl.sum(), squared_norm.to(dtype)]
     ).tolist()
-    return -objective / terms.elbo.shape[0], elbo_sum, kl_sum, math.sqrt(norm_sq) if norm_sq >= 0 else norm_sq
+    return loss, bound_sum, kl_sum, math.sqrt(norm_sq) if norm_sq >= 0 else norm_sq
 
 
 class _LastGood:
@@ -308,8 +446,8 @@ class _LastGood:
             p.copy_(copy)
 
 
-def _diverged(what: str, epoch: int, b: int, steps_per_epoch: int, history: History, last_good: _LastGood,
-              model: VAE, x: Tensor, seed: int) -> TrainingDivergedError:
+def _diverged(what: str, epoch: int, b: int, steps_per_epoch: int | None, history: History,
+              last_good: _LastGood, model: VAE, data: "_Data", seed: int) -> TrainingDivergedError:
     """Go back to the saved parameters if the loss is what failed (the current ones are bad); the error,
     which says whether the ELBO of the training data is finite at the parameters kept."""
     if what.startswith("loss") and last_good.where is not None:
@@ -320,11 +458,11 @@ def _diverged(what: str, epoch: int, b: int, steps_per_epoch: int, history: Hist
         kept = "its initial parameters, at which the loss is not finite"
     else:
         kept = "the parameters at which this loss was computed (finite; the update was not applied)"
-    train_elbo = _mean_elbo(model, x, seed + 3)
+    train_elbo = _mean_elbo(model, data, seed + 3)
     verdict = (f"its ELBO on the training data is {train_elbo:.2f} nats per example" if math.isfinite(train_elbo)
                else "its ELBO on the training data is NOT finite either: these parameters are no usable model")
     return TrainingDivergedError(
-        f"training diverged: the {what} is not finite at epoch {epoch}, batch {b} (of {steps_per_epoch}); "
+        f"training diverged: the {what} is not finite at epoch {epoch}, batch {b} (of {steps_per_epoch or '?'}); "
         f"the model keeps {kept}, and {verdict}. Try a smaller lr, or check the data and the model for "
         "extreme values.",
         epoch, b, history, train_elbo,
@@ -332,36 +470,141 @@ def _diverged(what: str, epoch: int, b: int, steps_per_epoch: int, history: Hist
 
 
 # --- data and scores ----------------------------------------------------------------------------
+class _Data:
+    """Training or validation data in any of the forms :func:`fit` takes, checked once, served as batches
+    ``(x, c)`` (``c`` ``None`` without a context)."""
+
+    def __init__(self, model: VAE, data: Any, name: str, binarize: bool | None, batch_size: int) -> None:
+        self.model, self.name, self.batch_size = model, name, batch_size
+        if binarize is not None and not isinstance(binarize, bool):
+            raise TypeError(f"binarize must be True, False or None, got {type(binarize).__name__}")
+        self.binarize = binarize
+        self.loader: Iterable[Any] | None = None
+        self.x: Tensor | None = None
+        self.c: Any = None
+        self.binarizer: _Binarizer | None = None
+        if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], (Tensor, Digits)):
+            x, c = _as_tensor(data[0]), data[1]
+            if not isinstance(c, Tensor) or c.dim() == 0 or c.shape[0] != x.shape[0]:
+                raise ValueError(f"{name}'s context must be a tensor with one row per example ({x.shape[0]})")
+            self.x, self.c = self._check(x), c
+        elif isinstance(data, (Tensor, Digits)):
+            self.x = self._check(_as_tensor(data))
+        elif isinstance(data, Iterable) and not isinstance(data, (str, bytes, dict)):
+            self.loader = data
+        else:
+            raise TypeError(f"{name} must be a tensor, a Digits, a pair (x, c) or an iterable of batches, "
+                            f"got {type(data).__name__}")
+        self.bernoulli = _bernoulli(model, self.c)
+        if self.x is not None:
+            self.binarizer = self._binarizer(self.x)
+
+    @classmethod
+    def single(cls, model: VAE, x: Tensor, c: Any) -> "_Data":
+        """One batch, as it is."""
+        return cls(model, x if c is None else (x, c), "the last batch", False, x.shape[0])
+
+    def _check(self, x: object) -> Tensor:
+        x = check_tensor(self.name, x, ndim=2, last_dim=self.model.x_dim)
+        self.model._check_dtype(self.name, x)
+        return x
+
+    def _binarizer(self, x: Tensor) -> _Binarizer | None:
+        """The binariser that draws ``x`` afresh every epoch (``None``: no binarisation); checks the support."""
+        grey_ok = in_unit_interval(x)
+        binarizer = _Binarizer(x) if (self.bernoulli or self.binarize) and grey_ok else None
+        is_binary = binarizer is not None and binarizer.is_binary
+        binarize = self.bernoulli and not is_binary if self.binarize is None else self.binarize
+        if binarize and binarizer is None:
+            raise ValueError(f"{self.name} must hold grey levels in [0, 1] to be binarised")
+        if not binarize:
+            if self.bernoulli and not is_binary:
+                raise ValueError(f"{self.name} must be binary for a Bernoulli model when binarize=False")
+            check_data_support(self.model, x, self.c if isinstance(self.c, Tensor) else None, self.name)
+        return binarizer if binarize and not is_binary else None
+
+    @property
+    def has_context(self) -> bool:
+        return self.c is not None or self.loader is not None
+
+    @property
+    def steps_per_epoch(self) -> int | None:
+        if self.x is not None:
+            return math.ceil(self.x.shape[0] / self.batch_size)
+        try:
+            return len(self.loader)  # type: ignore[arg-type]
+        except TypeError:
+            return None
+
+    def to(self, device: torch.device) -> None:
+        if self.x is not None and self.x.device != device:
+            self.x = self.x.to(device)
+            self.binarizer = None if self.binarizer is None else _Binarizer(self.x)
+        if isinstance(self.c, Tensor):
+            self.c = self.c.to(device)
+        self.device = device
+
+    def batches(self, g: torch.Generator, shuffle: bool = True) -> Iterator[tuple[Tensor, Any]]:
+        """One epoch's batches: a fresh order and binarisation drawn from ``g`` (tensors), or the iterable's."""
+        if self.x is None:
+            for batch in self.loader:  # type: ignore[union-attr]
+                yield self._loaded(batch, g)
+            return
+        n = self.x.shape[0]
+        perm = torch.randperm(n, generator=g, device=self.x.device) if shuffle else None
+        x_epoch = self.x
+        if self.binarizer is not None:  # a fresh binarisation, drawn into the same tensor every epoch
+            x_epoch = self._epoch = self.binarizer(g, previous=getattr(self, "_epoch", None))
+        for start in range(0, n, self.batch_size):
+            if perm is None:
+                index = slice(start, start + self.batch_size)
+                yield x_epoch[index], None if self.c is None else self.c[index]
+            else:
+                rows = perm[start : start + self.batch_size]
+                yield x_epoch.index_select(0, rows), None if self.c is None else self.c[rows]
+
+    def _loaded(self, batch: Any, g: torch.Generator) -> tuple[Tensor, Any]:
+        if isinstance(batch, (tuple, list)) and len(batch) in (1, 2):
+            xb, cb = batch[0], (batch[1] if len(batch) == 2 else None)
+        else:
+            xb, cb = batch, None
+        xb = self._check(_as_tensor(xb)).to(getattr(self, "device", xb.device))
+        if isinstance(cb, Tensor):
+            cb = cb.to(xb.device)
+        binarizer = _Binarizer(xb) if (self.bernoulli or self.binarize) and in_unit_interval(xb) else None
+        binarize = (self.bernoulli and not (binarizer is not None and binarizer.is_binary)
+                    if self.binarize is None else self.binarize)
+        if binarize:
+            if binarizer is None:
+                raise ValueError(f"a batch of {self.name} must hold grey levels in [0, 1] to be binarised")
+            return binarizer(g), cb
+        check_data_support(self.model, xb, cb if isinstance(cb, Tensor) else None, self.name)
+        return xb, cb
+
+
+def _bernoulli(model: VAE, c: Any) -> bool:
+    """Whether the model's likelihood is a Bernoulli: its support is {0, 1} (probed at the code ``z = 0``)."""
+    likelihood = probe_likelihood(model, c if isinstance(c, Tensor) else None)
+    support = getattr(likelihood.support, "base_constraint", likelihood.support)
+    return isinstance(support, type(torch.distributions.constraints.boolean))
+
+
 def _as_tensor(data: Tensor | Digits) -> Tensor:
     return data.images if isinstance(data, Digits) else data
 
 
-def _training_data(model: VAE, train: Tensor | Digits, binarize: bool | None) -> tuple[Tensor, _Binarizer | None]:
-    """The checked training tensor, and the binariser that draws it afresh every epoch (``None``: no
-    binarisation)."""
-    x = check_tensor("train", _as_tensor(train), ndim=2, last_dim=model.x_dim)
-    model._check_dtype("train", x)
-    if binarize is not None and not isinstance(binarize, bool):
-        raise TypeError(f"binarize must be True, False or None, got {type(binarize).__name__}")
-    # Finding the grey pixels (for the binariser) also tells whether the data are binary already.
-    binarizer = _Binarizer(x) if (model.likelihood == "bernoulli" or binarize) and in_unit_interval(x) else None
-    is_binary = binarizer is not None and binarizer.is_binary
-    if binarize is None:
-        binarize = model.likelihood == "bernoulli" and not is_binary
-    if binarize and binarizer is None:
-        raise ValueError("train must hold grey levels in [0, 1] to be binarised")
-    if model.likelihood == "bernoulli" and not binarize and not is_binary:
-        raise ValueError("train must be binary for a Bernoulli model when binarize=False")
-    return x, binarizer if binarize else None
-
-
 @torch.no_grad()
-def _mean_elbo(model: VAE, x: Tensor, seed: int, chunk: int = 1000) -> float:
-    """The ELBO per example on ``x`` in evaluation mode, with noise seeded by ``seed``."""
+def _mean_elbo(model: VAE, data: _Data, seed: int) -> float:
+    """The ELBO per example on ``data`` in evaluation mode, with noise seeded by ``seed``."""
     model.eval()
-    g = torch.Generator(device=x.device).manual_seed(seed)
-    total = sum(float(_elbo(model, x[s : s + chunk], 1, 1.0, g).elbo.sum()) for s in range(0, x.shape[0], chunk))
-    return total / x.shape[0]
+    g = torch.Generator(device=model.device).manual_seed(seed)
+    total, n = 0.0, 0
+    source = (data.batches(g, shuffle=False) if data.x is not None
+              else ((xb, cb) for xb, cb in data.batches(torch.Generator(device=model.device).manual_seed(seed))))
+    for xb, cb in source:
+        total += float(_elbo(model, xb, 1, 1.0, g, c=cb, checked=True).elbo.sum())
+        n += xb.shape[0]
+    return total / max(n, 1)
 
 
 def _progress_default() -> bool:

@@ -1,4 +1,4 @@
-"""vaelib.posterior: per-image Gaussians with the decoder fixed (chapter 7), against exact references.
+"""vaelib.inference_gap: per-image Gaussians with the decoder fixed (chapter 7), against exact references.
 
 The reference model is a linear Gaussian decoder, p(x|z) = N(Wz + b, s^2 I) with p(z) = N(0, I): its
 posterior is an exact full-covariance Gaussian and its evidence has a closed form, so the best Gaussian,
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import vaelib
-from vaelib.posterior import (
+from vaelib.inference_gap import (
     Gaussian,
     encoder_gaussian,
     fit_gaussian,

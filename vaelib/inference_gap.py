@@ -1,7 +1,8 @@
-r"""The best Gaussian for each image: per-example posteriors fitted with the decoder fixed (chapter 7).
+r"""The inference gap (chapter 7): the best Gaussian for each image, fitted with the decoder fixed.
 
 The encoder of a VAE *amortises* inference: one network maps every image to its
-:math:`q_\phi(z|x) = \mathcal{N}(\mu_\phi(x), \operatorname{diag}\sigma^2_\phi(x))`. To see what that
+:math:`q_\phi(z|x)` (``model.posterior(x)``; by default
+:math:`\mathcal{N}(\mu_\phi(x), \operatorname{diag}\sigma^2_\phi(x))`). To see what that
 costs, chapter 7 fits a Gaussian to each image separately, maximising that image's ELBO over the Gaussian's
 own parameters while the decoder stays fixed (Cremer, Li & Duvenaud 2018):
 
@@ -17,8 +18,10 @@ By the change of variables (eq. ``change-of-variables`` of chapter 5)
 
 :func:`fit_gaussian` runs Adam on a Monte Carlo estimate of :math:`\sum_n \mathcal{L}[q_n; x_n]` (the images
 are independent, so one optimiser serves them all); :func:`gaussian_elbo` and :func:`gaussian_log_likelihood`
-score the result with fresh draws. Every model goes through its own :meth:`~vaelib.VAE.decode`, so a decoder
-of your own, a Gaussian likelihood and float64 work the same way.
+score the result with fresh draws. Every model goes through its own ``likelihood`` and ``prior``
+(:class:`vaelib.VAE`), so a decoder of your own, a learned prior, a Gaussian likelihood and float64 work
+the same way. (The module was called ``vaelib.posterior`` before the model gained its ``posterior``
+method.)
 """
 
 from __future__ import annotations
@@ -30,7 +33,10 @@ import torch
 from torch import Tensor
 
 from ._validate import check_count, check_float, check_generator, check_int, check_tensor
-from .model import VAE, log_px_given, run_decoder, run_encoder
+from torch.distributions import Independent, MultivariateNormal, Normal
+
+from .distributions import DiagonalNormal, log_prob
+from .model import VAE, check_data_support, run_likelihood, run_posterior, run_prior
 
 Covariance = str  # "diagonal" or "full"
 
@@ -73,12 +79,29 @@ class Gaussian:
 
 
 def encoder_gaussian(model: VAE, x: Tensor) -> Gaussian:
-    r"""The encoder's :math:`q_\phi(z|x)` for each row of ``x``, as a diagonal :class:`Gaussian`."""
+    r"""The encoder's :math:`q_\phi(z|x)` (``model.posterior(x)``) for each row of ``x``, as a :class:`Gaussian`.
+
+    The posterior must be Gaussian: the default :class:`vaelib.distributions.DiagonalNormal`, an
+    ``Independent(Normal)`` or a ``MultivariateNormal`` (whose Cholesky factor gives ``lower``).
+
+    Raises:
+        TypeError: the posterior is of another family (pass ``init=`` to :func:`fit_gaussian` instead).
+    """
     _check_model(model)
     x = model.check_x(x)
     with torch.no_grad():
-        mu, logvar = run_encoder(model, x)
-    return Gaussian(mu, 0.5 * logvar)
+        q = run_posterior(model, x)
+    if isinstance(q, DiagonalNormal):
+        return Gaussian(q.loc, 0.5 * q.logvar.expand_as(q.loc))
+    if isinstance(q, Independent) and q.reinterpreted_batch_ndims == 1 and type(q.base_dist) is Normal:
+        return Gaussian(q.base_dist.loc, q.base_dist.scale.log())
+    if isinstance(q, MultivariateNormal):
+        tril = q.scale_tril
+        return Gaussian(q.loc, torch.diagonal(tril, dim1=-2, dim2=-1).log(), tril.tril(-1))
+    raise TypeError(
+        f"{type(model).__name__}.posterior returned a {type(q).__name__}, not a Gaussian: pass init= (a "
+        "vaelib.inference_gap.Gaussian) to start from"
+    )
 
 
 def fit_gaussian(
@@ -121,6 +144,7 @@ def fit_gaussian(
     n_samples = check_count("n_samples", n_samples, per_item=x.shape[0] * (model.x_dim + model.z_dim))
     lr = check_float("lr", lr, minimum=0.0, strict=True)
     seed = check_int("seed", seed, minimum=0)
+    check_data_support(model, x)
     start = encoder_gaussian(model, x) if init is None else _check_gaussian(model, x, init)
     n, d = start.mu.shape
     mu = start.mu.detach().clone().requires_grad_()
@@ -162,13 +186,15 @@ def gaussian_elbo(
 
     Estimated with ``n_samples`` fresh draws per image (the entropy exact). Returns ``(elbo, se)``, each
     ``(n,)``: the mean over the draws and its standard error (their standard deviation over
-    :math:`\sqrt{S}`).
+    :math:`\sqrt{S}`). Differentiable in ``q``'s tensors and the model's parameters (a training loss);
+    to score only, call it under ``torch.no_grad()``, which saves the memory of the graph.
     """
     _check_model(model)
     x = model.check_x(x)
     q = _check_gaussian(model, x, q)
     n_samples = check_int("n_samples", n_samples, minimum=2)
     check_generator("generator", generator)
+    check_data_support(model, x)
     values = torch.cat([_log_joint(model, x, q.rsample(eps)) for eps in _draws(q, n_samples, generator)])
     values = values + q.entropy()
     return values.mean(0), values.std(0) / math.sqrt(n_samples)
@@ -182,13 +208,15 @@ def gaussian_log_likelihood(
     Returns ``(estimate, se)``, each ``(n,)``: one draw of :math:`\log \frac1K \sum_k w_k`,
     :math:`w = p_\theta(x, z)/q(z)`, and the delta-method standard error
     :math:`\sqrt{(\overline{w^2}/\bar w^{\,2} - 1)/K}` computed from the same weights (reliable when the
-    weights are not heavy-tailed, that is when ``q`` is close to the posterior).
+    weights are not heavy-tailed, that is when ``q`` is close to the posterior). Differentiable, as
+    :func:`gaussian_elbo`.
     """
     _check_model(model)
     x = model.check_x(x)
     q = _check_gaussian(model, x, q)
     k = check_int("k", k, minimum=2)
     check_generator("generator", generator)
+    check_data_support(model, x)
     log_w = torch.cat([_log_joint(model, x, q.rsample(eps)) - q.log_prob_of(eps)
                        for eps in _draws(q, k, generator)])
     estimate = torch.logsumexp(log_w, 0) - math.log(k)
@@ -202,17 +230,16 @@ _CHUNK = 100  # draws decoded at once in the scoring functions
 
 
 def _log_joint(model: VAE, x: Tensor, z: Tensor) -> Tensor:
-    r""":math:`\log p_\theta(x|z) + \log p(z)`, ``(S, n)``, for ``z`` ``(S, n, d)``."""
-    log_pz = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
-    return log_px_given(model, x, run_decoder(model, z)) + log_pz
+    r""":math:`\log p_\theta(x|z) + \log p(z)`, ``(S, n)``, for ``z`` ``(S, n, d)``: the model's likelihood and prior."""
+    return log_prob(run_likelihood(model, z), x) + log_prob(run_prior(model, None, x.shape[0]), z)
 
 
-def _draws(q: Gaussian, total: int, generator: torch.Generator | None):
+def _draws(q: Gaussian, total: int, generator: torch.Generator | None) -> list[Tensor]:
+    r"""The standard normal draws of :math:`\epsilon`, ``_CHUNK`` at a time. (A list, not a generator: a
+    generator suspended inside ``torch.no_grad()`` would leave grad mode off in its caller.)"""
     n, d = q.mu.shape
-    with torch.no_grad():
-        for start in range(0, total, _CHUNK):
-            size = min(_CHUNK, total - start)
-            yield torch.randn((size, n, d), generator=generator, dtype=q.mu.dtype, device=q.mu.device)
+    return [torch.randn((min(_CHUNK, total - start), n, d), generator=generator, dtype=q.mu.dtype, device=q.mu.device)
+            for start in range(0, total, _CHUNK)]
 
 
 def _check_model(model: VAE) -> None:
@@ -222,7 +249,7 @@ def _check_model(model: VAE) -> None:
 
 def _check_gaussian(model: VAE, x: Tensor, q: Gaussian) -> Gaussian:
     if not isinstance(q, Gaussian):
-        raise TypeError(f"q must be a vaelib.posterior.Gaussian, got {type(q).__name__}")
+        raise TypeError(f"q must be a vaelib.inference_gap.Gaussian, got {type(q).__name__}")
     want = (x.shape[0], model.z_dim)
     for name, t in (("mu", q.mu), ("log_std", q.log_std)):
         check_tensor(f"q.{name}", t, ndim=2)

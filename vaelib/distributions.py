@@ -1,0 +1,436 @@
+r"""The model's three distributions, as ``torch.distributions`` objects, and how vaelib draws from and scores them.
+
+A VAE is three distributions (chapter 3): the prior :math:`p(z)`, the likelihood :math:`p_\theta(x|z)` and
+the posterior approximation :math:`q_\phi(z|x)`. :class:`vaelib.VAE` returns each as a
+``torch.distributions.Distribution`` (chapter 2 teaches that API), and every function of vaelib is
+written against those objects only. The defaults are three small classes of this module, which compute
+what the book derives with vaelib's own overflow-proof formulas:
+
+* :class:`DiagonalNormal` :math:`\mathcal{N}(\mu, \operatorname{diag} e^{\log\sigma^2})`, kept in the
+  ``(mu, logvar)`` parameters the encoder outputs (also the Gaussian likelihood, with one learned
+  ``obs_logvar``);
+* :class:`StandardNormal` :math:`\mathcal{N}(0, I)`, the default prior;
+* :class:`BernoulliLogits`, independent Bernoulli pixels from logits.
+
+Each has an event shape of one dimension (``(z_dim,)`` or ``(x_dim,)``) and draws with a caller's
+``torch.Generator``. Their KL divergences are registered with :func:`torch.distributions.kl_divergence`
+(closed forms of :mod:`vaelib.kl`), also against ``Independent(Normal)`` and ``MultivariateNormal``.
+
+Any other ``Distribution`` works too: :func:`draw` draws from it reproducibly with a generator, and
+:func:`kl` returns ``None`` where no closed form is registered, so that the caller estimates the KL by
+Monte Carlo instead.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, constraints, register_kl
+from torch.distributions import kl_divergence
+
+from ._validate import _is_binary
+from .densities import LOG_2PI, _log_normal
+from .kl import _gaussian_kl, _kl_normal
+
+_Shape = Sequence[int] | torch.Size
+
+
+def _default_validate(validate_args: bool | None) -> bool:
+    return Distribution._validate_args if validate_args is None else bool(validate_args)
+
+
+class _Vaelib(Distribution):
+    """What vaelib's own distributions share: parameters are never validated at construction (they come
+    from networks, on the training hot path); ``log_prob`` checks its argument's support unless
+    ``validate_args=False`` (or ``torch.distributions.Distribution.set_default_validate_args(False)``)."""
+
+    arg_constraints: dict = {}
+
+    def __init__(self, batch_shape: torch.Size, event_shape: torch.Size, validate_args: bool | None) -> None:
+        super().__init__(batch_shape, event_shape, validate_args=False)
+        self._validate_args = _default_validate(validate_args)
+
+    def _check_value(self, value: Tensor) -> None:
+        if not isinstance(value, Tensor):
+            raise TypeError(f"value must be a torch.Tensor, got {type(value).__name__}")
+        if value.dim() < 1 or value.shape[-1] != self.event_shape[-1]:
+            raise ValueError(
+                f"value must have last dimension {self.event_shape[-1]} (the event shape {tuple(self.event_shape)}), "
+                f"got shape {tuple(value.shape)}"
+            )
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        self._check_value(value)
+        if self._validate_args:
+            self._validate_sample(value)
+        return self._log_prob(value)
+
+    def _log_prob(self, value: Tensor) -> Tensor:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def sample(self, sample_shape: _Shape = torch.Size(), generator: torch.Generator | None = None) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape, generator)
+
+
+class DiagonalNormal(_Vaelib):
+    r"""A Gaussian with diagonal covariance, :math:`\mathcal{N}(\mu, \operatorname{diag}\sigma^2)`, in the
+    parameters ``(loc, logvar)`` (:math:`\log\sigma^2`) that the book's encoder outputs.
+
+    The event is the last dimension; ``logvar`` broadcasts against ``loc`` (a scalar ``logvar`` is one
+    variance for every coordinate, as the Gaussian likelihood's ``obs_logvar``).
+
+    * :meth:`rsample` is the reparameterisation of chapter 5, :math:`z = \mu + e^{\log\sigma^2/2}\odot\epsilon`,
+      drawn with the caller's ``generator``;
+    * :meth:`log_prob` is :func:`vaelib.log_normal` (never NaN, overflow-proof);
+    * ``kl_divergence`` to :class:`StandardNormal` is :func:`vaelib.gaussian_kl`, to another diagonal
+      Gaussian :func:`vaelib.kl_normal`.
+    """
+
+    support = constraints.independent(constraints.real, 1)
+    has_rsample = True
+
+    def __init__(self, loc: Tensor, logvar: Tensor, validate_args: bool | None = None) -> None:
+        if not (isinstance(loc, Tensor) and isinstance(logvar, Tensor)):
+            raise TypeError("loc and logvar must be torch.Tensors")
+        if loc.dim() < 1:
+            raise ValueError("loc must have at least one dimension (the event)")
+        shape = torch.broadcast_shapes(loc.shape, logvar.shape)
+        if shape[-1] != loc.shape[-1]:
+            raise ValueError(f"logvar {tuple(logvar.shape)} must not widen the event of loc {tuple(loc.shape)}")
+        self.loc, self.logvar = loc, logvar
+        super().__init__(shape[:-1], shape[-1:], validate_args)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.loc.expand(self.batch_shape + self.event_shape)
+
+    @property
+    def mode(self) -> Tensor:
+        return self.mean
+
+    @property
+    def variance(self) -> Tensor:
+        return torch.exp(self.logvar).expand(self.batch_shape + self.event_shape)
+
+    @property
+    def scale(self) -> Tensor:
+        r""":math:`\sigma = e^{\log\sigma^2/2}`, broadcast to the full shape."""
+        return torch.exp(0.5 * self.logvar).expand(self.batch_shape + self.event_shape)
+
+    def expand(self, batch_shape: _Shape, _instance: object = None) -> "DiagonalNormal":
+        shape = torch.Size(batch_shape) + self.event_shape
+        return DiagonalNormal(self.loc.expand(shape), self.logvar.expand(shape), self._validate_args)
+
+    def rsample(self, sample_shape: _Shape = torch.Size(), generator: torch.Generator | None = None) -> Tensor:
+        shape = self._extended_shape(torch.Size(sample_shape))
+        eps = torch.randn(shape, generator=generator, device=self.loc.device, dtype=self.loc.dtype)
+        return self.loc + torch.exp(0.5 * self.logvar) * eps
+
+    def _log_prob(self, value: Tensor) -> Tensor:
+        return _log_normal(value, self.loc, self.logvar)
+
+    def entropy(self) -> Tensor:
+        d = self.event_shape[0]
+        logvar = self.logvar.expand(self.batch_shape + self.event_shape)
+        return 0.5 * d * (1.0 + LOG_2PI) + 0.5 * logvar.sum(-1)
+
+
+class StandardNormal(_Vaelib):
+    r"""The standard normal :math:`\mathcal{N}(0, I)` over ``size`` coordinates: the default prior.
+
+    Args:
+        size: the event size ``d`` (``z_dim``).
+        dtype, device: of its draws and densities.
+        batch_shape: leading shape (default ``()``: one prior for every example).
+    """
+
+    support = constraints.independent(constraints.real, 1)
+    has_rsample = True
+
+    def __init__(self, size: int, dtype: torch.dtype | None = None, device: torch.device | str | None = None,
+                 batch_shape: _Shape = torch.Size(), validate_args: bool | None = None) -> None:
+        self.dtype = torch.get_default_dtype() if dtype is None else dtype
+        self.device = torch.device("cpu") if device is None else torch.device(device)
+        super().__init__(torch.Size(batch_shape), torch.Size([int(size)]), validate_args)
+
+    @property
+    def loc(self) -> Tensor:
+        return torch.zeros(self.batch_shape + self.event_shape, dtype=self.dtype, device=self.device)
+
+    @property
+    def logvar(self) -> Tensor:
+        return self.loc
+
+    mean = loc
+    mode = loc
+
+    @property
+    def variance(self) -> Tensor:
+        return torch.ones(self.batch_shape + self.event_shape, dtype=self.dtype, device=self.device)
+
+    stddev = variance
+    scale = variance
+
+    def expand(self, batch_shape: _Shape, _instance: object = None) -> "StandardNormal":
+        return StandardNormal(self.event_shape[0], self.dtype, self.device, batch_shape, self._validate_args)
+
+    def rsample(self, sample_shape: _Shape = torch.Size(), generator: torch.Generator | None = None) -> Tensor:
+        shape = self._extended_shape(torch.Size(sample_shape))
+        return torch.randn(shape, generator=generator, device=self.device, dtype=self.dtype)
+
+    def _log_prob(self, value: Tensor) -> Tensor:
+        zero = value.new_zeros(())
+        out = _log_normal(value, zero, zero)
+        return out.expand(torch.broadcast_shapes(out.shape, self.batch_shape))
+
+    def entropy(self) -> Tensor:
+        d = self.event_shape[0]
+        return torch.full(self.batch_shape, 0.5 * d * (1.0 + LOG_2PI), dtype=self.dtype, device=self.device)
+
+
+class BernoulliLogits(_Vaelib):
+    r"""Independent Bernoulli pixels with logits :math:`o` (the event is the last dimension):
+    :math:`\log p(x) = x \cdot o - \sum_j \operatorname{softplus}(o_j)` (chapter 4), for binary ``x``.
+
+    :meth:`log_prob` refuses grey levels (unless ``validate_args=False``): a Bernoulli density of a grey
+    level is no likelihood at all (chapter 4).
+    """
+
+    support = constraints.independent(constraints.boolean, 1)
+    has_rsample = False
+
+    def __init__(self, logits: Tensor, validate_args: bool | None = None) -> None:
+        if not isinstance(logits, Tensor) or logits.dim() < 1:
+            raise TypeError("logits must be a torch.Tensor with at least one dimension (the event)")
+        self.logits = logits
+        super().__init__(logits.shape[:-1], logits.shape[-1:], validate_args)
+
+    @property
+    def probs(self) -> Tensor:
+        return torch.sigmoid(self.logits)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.probs
+
+    @property
+    def variance(self) -> Tensor:
+        p = self.probs
+        return p * (1 - p)
+
+    def expand(self, batch_shape: _Shape, _instance: object = None) -> "BernoulliLogits":
+        return BernoulliLogits(self.logits.expand(torch.Size(batch_shape) + self.event_shape), self._validate_args)
+
+    def _validate_sample(self, value: Tensor) -> None:
+        if not _is_binary(value):
+            raise ValueError("the value must be binary (0 or 1) for a Bernoulli likelihood")
+
+    def _log_prob(self, value: Tensor) -> Tensor:
+        out = self.logits
+        # The dot product never materialises x * logits: with many samples of z (importance sampling) a
+        # batched matrix-vector product is fastest, with one (training) a row-wise vecdot.
+        if out.dim() > 2 and out.shape[0] > 1 and value.shape == out.shape[-2:]:
+            x_dot_logits = torch.einsum("...bj,bj->...b", out, value)
+        else:
+            x_dot_logits = torch.linalg.vecdot(out, value)
+        return x_dot_logits - torch.nn.functional.softplus(out, threshold=40.0).sum(-1)
+
+    def rsample(self, sample_shape: _Shape = torch.Size(), generator: torch.Generator | None = None) -> Tensor:
+        raise NotImplementedError("a Bernoulli has no reparameterised sample (its draws are discrete)")
+
+    def sample(self, sample_shape: _Shape = torch.Size(), generator: torch.Generator | None = None) -> Tensor:
+        shape = self._extended_shape(torch.Size(sample_shape))
+        with torch.no_grad():
+            return torch.bernoulli(self.probs.expand(shape), generator=generator)
+
+    def entropy(self) -> Tensor:
+        o = self.logits
+        return (torch.nn.functional.softplus(o) - o * torch.sigmoid(o)).sum(-1)
+
+
+class Unflattened(Distribution):
+    r"""A distribution of batch shape ``(n,)`` seen with batch shape ``batch_shape`` (``n`` its product).
+
+    A decoder written for a plain batch of codes ``(n, z_dim)`` returns such a distribution; the library
+    asks for ``(S, batch)`` (``S`` samples of ``z`` per example). ``log_prob`` broadcasts its argument to
+    the full shape, flattens it, scores it, and restores the shape; draws and moments are reshaped.
+    """
+
+    arg_constraints: dict = {}
+
+    def __init__(self, base: Distribution, batch_shape: _Shape) -> None:
+        self.base = base
+        batch_shape = torch.Size(batch_shape)
+        if base.batch_shape != (math.prod(batch_shape),):
+            raise ValueError(f"cannot view batch shape {tuple(base.batch_shape)} as {tuple(batch_shape)}")
+        super().__init__(batch_shape, base.event_shape, validate_args=False)
+
+    @property
+    def support(self):  # type: ignore[override]
+        return self.base.support
+
+    @property
+    def has_rsample(self) -> bool:  # type: ignore[override]
+        return self.base.has_rsample
+
+    def _reshaped(self, t: Tensor, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        return t.reshape(sample_shape + self.batch_shape + self.event_shape)
+
+    @property
+    def mean(self) -> Tensor:
+        return self._reshaped(self.base.mean)
+
+    @property
+    def variance(self) -> Tensor:
+        return self._reshaped(self.base.variance)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        full = value.expand(torch.broadcast_shapes(value.shape, self.batch_shape + self.event_shape))
+        lead = full.shape[: full.dim() - len(self.batch_shape) - len(self.event_shape)]
+        flat = full.reshape(*lead, -1, *self.event_shape)
+        return self.base.log_prob(flat).reshape(*lead, *self.batch_shape)
+
+    def rsample(self, sample_shape: _Shape = torch.Size(), generator: torch.Generator | None = None) -> Tensor:
+        return self._reshaped(draw(self.base, sample_shape, generator), torch.Size(sample_shape))
+
+    def sample(self, sample_shape: _Shape = torch.Size(), generator: torch.Generator | None = None) -> Tensor:
+        with torch.no_grad():
+            return self._reshaped(draw(self.base, sample_shape, generator, reparameterized=False),
+                                  torch.Size(sample_shape))
+
+
+# --- drawing reproducibly, from any distribution ------------------------------------------------------
+
+def draw(
+    dist: Distribution,
+    sample_shape: _Shape = torch.Size(),
+    generator: torch.Generator | None = None,
+    *,
+    reparameterized: bool = True,
+) -> Tensor:
+    r"""``dist.rsample(sample_shape)`` (or ``sample`` with ``reparameterized=False``), drawn with ``generator``.
+
+    vaelib's distributions draw with the generator directly. ``torch.distributions`` draw from PyTorch's
+    global generator and take none, so for them the draw runs inside ``torch.random.fork_rng`` with the
+    global generator seeded from ``generator`` (one 62-bit number taken from it): the same generator
+    state gives the same draws, and the global generator's state is restored afterwards, even on an
+    error. ``generator=None`` draws from the global generator, as PyTorch does.
+
+    Raises:
+        TypeError: ``reparameterized`` and the family has no ``rsample`` (its draws cannot carry a
+            gradient; the ELBO's gradient needs them, chapter 5).
+    """
+    sample_shape = torch.Size(sample_shape)
+    if reparameterized and not dist.has_rsample:
+        raise TypeError(
+            f"{type(dist).__name__} has no reparameterised sample (has_rsample is False), so gradients cannot "
+            "flow through its draws (chapter 5); use a family with rsample for the posterior, e.g. a "
+            "Normal, MultivariateNormal or a TransformedDistribution of one"
+        )
+    if isinstance(dist, (_Vaelib, Unflattened)):
+        return dist.rsample(sample_shape, generator) if reparameterized else dist.sample(sample_shape, generator)
+    method = dist.rsample if reparameterized else dist.sample
+    if generator is None:
+        return method(sample_shape)
+    device = generator.device
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=device))
+    if device.type == "cpu":
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            return method(sample_shape)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    with torch.random.fork_rng(devices=[index], device_type=device.type):
+        torch.cuda.default_generators[index].manual_seed(seed)
+        return method(sample_shape)
+
+
+def log_prob(dist: Distribution, value: Tensor) -> Tensor:
+    """``dist.log_prob(value)``; for vaelib's own distributions without the support check (for callers that
+    checked their data once, such as the training loop)."""
+    return dist._log_prob(value) if isinstance(dist, _Vaelib) else dist.log_prob(value)
+
+
+def mean(dist: Distribution, generator: torch.Generator | None = None, n_samples: int = 1000) -> Tensor:
+    """``dist.mean``, or where the family has no formula for it (a flow), the average of ``n_samples`` draws."""
+    try:
+        return dist.mean
+    except NotImplementedError:
+        with torch.no_grad():
+            return draw(dist, (n_samples,), generator, reparameterized=False).mean(0)
+
+
+def as_event(dist: Distribution, event_size: int) -> Distribution:
+    """``dist`` with one event dimension of ``event_size``: a family whose coordinates are its batch
+    (``Normal(loc, scale)`` with ``loc`` ``(batch, event_size)``, ``Bernoulli(probs=...)``) is reinterpreted
+    with ``Independent(dist, 1)``; any other is returned as it is."""
+    if dist.event_shape == () and dist.batch_shape[-1:] == (event_size,):
+        return Independent(dist, 1)
+    return dist
+
+
+# --- KL divergences in closed form ---------------------------------------------------------------------
+
+def kl(q: Distribution, p: Distribution) -> Tensor | None:
+    r""":math:`D_{\mathrm{KL}}(q \,\|\, p)` in closed form, or ``None`` where ``torch.distributions`` has none
+    registered (then estimate it by Monte Carlo, as :func:`vaelib.elbo` does)."""
+    try:
+        return kl_divergence(q, p)
+    except NotImplementedError:
+        return None
+
+
+def _diagonal(d: Distribution) -> tuple[Tensor, Tensor] | None:
+    """``(loc, logvar)`` of a diagonal Gaussian with one event dimension, or ``None`` for anything else."""
+    if isinstance(d, DiagonalNormal):
+        return d.loc, d.logvar
+    if isinstance(d, StandardNormal):
+        zero = torch.zeros((), dtype=d.dtype, device=d.device)
+        return zero.expand(d.batch_shape + d.event_shape), zero.expand(d.batch_shape + d.event_shape)
+    if isinstance(d, Independent) and d.reinterpreted_batch_ndims == 1 and type(d.base_dist) is Normal:
+        return d.base_dist.loc, 2 * torch.log(d.base_dist.scale)
+    return None
+
+
+def kl_per_dimension(q: Distribution, p: Distribution) -> Tensor | None:
+    r"""The KL of two diagonal Gaussians coordinate by coordinate, ``(..., d)`` (it sums to :func:`kl`), or
+    ``None`` if either is not a diagonal Gaussian (the KL then does not split over coordinates)."""
+    a, b = _diagonal(q), _diagonal(p)
+    if a is None or b is None:
+        return None
+    mu_q, logvar_q = a
+    if isinstance(p, StandardNormal):
+        return _gaussian_kl(mu_q.unsqueeze(-1), logvar_q.expand_as(mu_q).unsqueeze(-1))
+    shape = torch.broadcast_shapes(mu_q.shape, logvar_q.shape, b[0].shape, b[1].shape)
+    mu_q, logvar_q = mu_q.expand(shape), logvar_q.expand(shape)
+    return _kl_normal(mu_q.unsqueeze(-1), logvar_q.unsqueeze(-1), b[0].unsqueeze(-1), b[1].unsqueeze(-1))
+
+
+def _kl_diagonal(q: Distribution, p: Distribution) -> Tensor:
+    a, b = _diagonal(q), _diagonal(p)
+    if a is None or b is None:
+        raise NotImplementedError  # not two diagonal Gaussians: no closed form here (Monte Carlo instead)
+    mu_q, logvar_q = a
+    if isinstance(p, StandardNormal) and p.batch_shape == ():
+        return _gaussian_kl(mu_q, logvar_q.expand_as(mu_q))  # eq. kl-standard-normal of chapter 4
+    shape = torch.broadcast_shapes(mu_q.shape, logvar_q.shape, b[0].shape, b[1].shape)
+    return _kl_normal(mu_q.expand(shape), logvar_q.expand(shape), b[0], b[1])  # eq. kl-gaussians of chapter 2
+
+
+for _q, _p in ((DiagonalNormal, StandardNormal), (DiagonalNormal, DiagonalNormal), (DiagonalNormal, Independent),
+               (Independent, StandardNormal), (Independent, DiagonalNormal), (StandardNormal, StandardNormal),
+               (StandardNormal, DiagonalNormal), (StandardNormal, Independent)):
+    register_kl(_q, _p)(_kl_diagonal)
+
+
+@register_kl(MultivariateNormal, StandardNormal)
+def _kl_full_standard(q: MultivariateNormal, p: StandardNormal) -> Tensor:
+    r""":math:`\tfrac12(\operatorname{tr}\Sigma + \mu^\top\mu - d - \log\det\Sigma)`, with :math:`\Sigma = LL^\top`."""
+    scale_tril = q.scale_tril
+    d = q.event_shape[0]
+    trace = scale_tril.pow(2).sum((-2, -1))
+    log_det = 2 * torch.diagonal(scale_tril, dim1=-2, dim2=-1).log().sum(-1)
+    return 0.5 * (trace + q.loc.pow(2).sum(-1) - d - log_det)
