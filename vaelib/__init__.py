@@ -2,29 +2,29 @@
 
 One module per idea of the book:
 
-=============================  ============================================================  ==========
-module                         what it holds                                                 chapter
-=============================  ============================================================  ==========
-:mod:`vaelib.toy`         the tractable linear-Gaussian model; probabilistic PCA         1, 3
-:mod:`vaelib.densities`   Gaussian and Bernoulli log-densities                         2, 4
-:mod:`vaelib.kl`          closed-form KL between Gaussians                             2, 4
-:mod:`vaelib.elbo`        the ELBO and its two terms                                   3, 4
-:mod:`vaelib.sampling`         the reparameterisation trick                                  5
-:mod:`vaelib.gradients`        score-function and pathwise gradient estimators               5
-:mod:`vaelib.backprop`    the ELBO's gradient by hand (the built-in MLP's fast path)   5, 6
-:mod:`vaelib.distributions` the model's prior, likelihood and posterior as objects   2, 4, 6
-:mod:`vaelib.model`       the VAE: three distributions (defaults: the built-in MLP)    4, 6
-:mod:`vaelib.objectives` what fit maximises: ELBO (beta, warm-up, free bits), IWAE, DReG  4, 6
-:mod:`vaelib.train`       fitting a VAE by maximising the ELBO (or a tighter bound)    3, 4, 6
-:mod:`vaelib.cache`       training once for several chapters (a memo of ``fit``)       6, 7
-:mod:`vaelib.iwae`        the importance-weighted bound and log-likelihood estimates   6, 7
-:mod:`vaelib.inference_gap`    the best Gaussian for each image (the inference gap)          7
-:mod:`vaelib.generate`         sampling from the prior, interpolation                        6
-:mod:`vaelib.data`        bundled real digits, IDX reader                              4, 6
-:mod:`vaelib.checkpoint`       safe save/load                                                6
-:mod:`vaelib.plot`        image grids, latent scatter, manifold                        4, 6
-:mod:`vaelib.explorer`         the decoder exported for the live latent explorer             6
-=============================  ============================================================  ==========
+=============================  ======================================================================  ========
+module                         what it holds                                                           chapter
+=============================  ======================================================================  ========
+:mod:`vaelib.toy`              the tractable linear-Gaussian model; probabilistic PCA                  1, 3
+:mod:`vaelib.densities`        Gaussian and Bernoulli log-densities                                    2, 4
+:mod:`vaelib.kl`               closed-form KL between Gaussians                                        2, 4
+:mod:`vaelib.distributions`    the model's prior, likelihood and posterior as objects                  2, 4, 6
+:mod:`vaelib.elbo`             the ELBO and its two terms                                              3, 4
+:mod:`vaelib.sampling`         the reparameterisation trick                                            5
+:mod:`vaelib.gradients`        score-function and pathwise gradient estimators                         5
+:mod:`vaelib.backprop`         the ELBO's gradient by hand (the built-in MLP's fast path)              5, 6
+:mod:`vaelib.model`            the VAE: three distributions (defaults: the built-in MLP)               4, 6
+:mod:`vaelib.objectives`       what fit maximises: the ELBO (beta, warm-up, free bits), IWAE, DReG     4, 6
+:mod:`vaelib.train`            fitting a VAE by maximising the ELBO (or a tighter bound)               3, 4, 6
+:mod:`vaelib.cache`            training once for several chapters (a memo of ``fit``)                  6, 7
+:mod:`vaelib.iwae`             the importance-weighted bound and log-likelihood estimates              6, 7
+:mod:`vaelib.inference_gap`    the best Gaussian for each image (the inference gap)                    7
+:mod:`vaelib.generate`         sampling from the prior, interpolation                                  6
+:mod:`vaelib.data`             bundled real digits, IDX reader                                         4, 6
+:mod:`vaelib.checkpoint`       safe save/load                                                          6
+:mod:`vaelib.plot`             image grids, latent scatter, manifold                                   4, 6
+:mod:`vaelib.explorer`         the decoder exported for the live latent explorer                       6
+=============================  ======================================================================  ========
 """
 
 from __future__ import annotations
