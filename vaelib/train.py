@@ -154,9 +154,10 @@ def fit(
     **A second call continues the run.** The model keeps a :class:`FitState` (``model.fit_state``; also in
     a checkpoint written by :func:`vaelib.save`): the next ``fit`` on it resumes Adam's moments, the
     schedule and warm-up at the update reached, and the random stream, so ``fit(m, x, 10)`` twice gives the
-    parameters of ``fit(m, x, 20)`` (with the same settings; early stopping counts within one call). A
-    continuing call must repeat the run's settings; ``restart=True`` starts a new run from the current
-    parameters.
+    parameters of ``fit(m, x, 20)``, bit for bit (with tensor data and the same settings). A continuing
+    call must repeat the run's settings; ``restart=True`` starts a new run from the current parameters. A
+    call with ``patience`` ends its run (the best parameters are restored, not the last ones), and so does
+    a divergence: the next call starts a new run.
 
     Args:
         model: the :class:`vaelib.VAE` to train (in place).
