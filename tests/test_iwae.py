@@ -212,9 +212,9 @@ SPLITS = [(None, None), (0.5, 1e-6), (1e-12, 1e-15), (0.5, 0.49)]
 def test_folding_is_exact_for_the_decoder_itself_whatever_the_split(dense_fraction, settled_share, monkeypatch):
     for name, value in (("DENSE_FLIP_FRACTION", dense_fraction), ("SETTLED_SHARE", settled_share)):
         if value is not None:
-            monkeypatch.setattr(vaelib.iwae, name, value)
+            monkeypatch.setattr(vaelib.folding, name, value)
     model = _trained_like("bernoulli", torch.float64)
-    folder = vaelib.iwae._Folder(model)
+    folder = vaelib.folding.FoldedDecoder(model)
     z, mu, logvar = _samples()
     (plan,) = folder.plans(mu, logvar)
     pre = z @ model.decoder.body[0].weight.t() + model.decoder.body[0].bias
@@ -231,11 +231,11 @@ def test_plans_group_units_by_their_expected_share_of_sign_changes():
     logvar = torch.randn(5, 3, generator=_gen(4), dtype=torch.float64) - 3
     weight, bias = model.decoder.body[0].weight, model.decoder.body[0].bias
     normal = torch.distributions.Normal(0.0, 1.0)
-    for plan, m, lv in zip(vaelib.iwae._Folder(model).plans(mu, logvar), mu, logvar):
+    for plan, m, lv in zip(vaelib.folding.FoldedDecoder(model).plans(mu, logvar), mu, logvar):
         center = weight @ m + bias
         spread = (weight * (0.5 * lv).exp()).norm(dim=1)
         share = normal.cdf(-center.abs() / spread)  # expected share of samples on the other side of zero
-        dense, settled, on = share > vaelib.iwae.DENSE_FLIP_FRACTION, share < vaelib.iwae.SETTLED_SHARE, center > 0
+        dense, settled, on = share > vaelib.folding.DENSE_FLIP_FRACTION, share < vaelib.folding.SETTLED_SHARE, center > 0
         expected = [dense, ~dense & ~settled & ~on, ~dense & ~settled & on, ~dense & settled & on]
         assert [plan.n_dense, plan.n_off, plan.n_on, plan.n_on_settled] == [int(g.sum()) for g in expected]
         start = 0
@@ -251,7 +251,7 @@ def test_sum_log1p_exp2_is_the_softplus_sum(n):
     t[0] = -40.0  # every term 2**-40: each far below float32's resolution of 1, still summed in full
     exact = torch.nn.functional.softplus(t.double() * math.log(2)).sum(-1)
     t[1] = 10.0  # products of 16 factors 1 + 2**10 overflow float32 (1025**16 > 1e48)
-    got = vaelib.iwae._sum_log1p_exp2_(t.clone())
+    got = vaelib.folding._sum_log1p_exp2_(t.clone())
     assert math.isinf(got[1])
     keep = torch.arange(64) != 1
     # Each group of 16 is a product with a few units of float32 rounding: relative 1e-6 of the total.
@@ -265,9 +265,9 @@ def test_folded_likelihood_recomputes_rows_that_overflow(binary_data):
     x = binary_data(1, 40, seed=6)
     mu, logvar = model.encode(x)
     z = mu + (0.5 * logvar).exp() * torch.randn(200, 3, generator=_gen(7))
-    folder = vaelib.iwae._Folder(model)
+    folder = vaelib.folding.FoldedDecoder(model)
     (plan,) = folder.plans(mu, logvar)
-    products = vaelib.iwae._sum_log1p_exp2_(folder.decode(z, plan, (1 - 2 * x[0]) * vaelib.iwae._LOG2_E))
+    products = vaelib.folding._sum_log1p_exp2_(folder.decode(z, plan, (1 - 2 * x[0]) * vaelib.folding._LOG2_E))
     assert bool(torch.isinf(products).any()) and bool(torch.isfinite(products).any())  # some rows overflow
     folded = folder.log_px_z(x, z, plan)
     plain = model.log_px_z(x, z.unsqueeze(1)).squeeze(1)
@@ -293,9 +293,9 @@ def test_folded_path_warns_nothing(binary_data):
 
 
 def test_folding_needs_one_hidden_layer(binary_data):
-    assert vaelib.iwae._Folder.applies(VAE(12, 2, hidden=(8,)))
-    assert not vaelib.iwae._Folder.applies(VAE(12, 2, hidden=()))
-    assert not vaelib.iwae._Folder.applies(VAE(12, 2, hidden=(8, 8)))
+    assert vaelib.folding.FoldedDecoder.applies(VAE(12, 2, hidden=(8,)))
+    assert not vaelib.folding.FoldedDecoder.applies(VAE(12, 2, hidden=()))
+    assert not vaelib.folding.FoldedDecoder.applies(VAE(12, 2, hidden=(8, 8)))
     # Deeper models take the plain path, with the same generator order.
     model = VAE(12, 2, hidden=(8, 8), seed=0)
     x = binary_data(2, 12)

@@ -18,6 +18,7 @@ module                         what it holds                                    
 :mod:`vaelib.train`            fitting a VAE by maximising the ELBO (or a tighter bound)               3, 4, 6
 :mod:`vaelib.cache`            training once for several chapters (a memo of ``fit``)                  6, 7
 :mod:`vaelib.iwae`             the importance-weighted bound and log-likelihood estimates              6, 7
+:mod:`vaelib.folding`          the folded decoder (log_likelihood's fast path for the built-in MLP)    6, 7
 :mod:`vaelib.inference_gap`    the best Gaussian for each image (the inference gap)                    7
 :mod:`vaelib.generate`         sampling from the prior, interpolation                                  6
 :mod:`vaelib.data`             bundled real digits, IDX reader                                         4, 6
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 from ._version import __version__
 
-from . import data, distributions, inference_gap, objectives, plot, toy
+from . import data, distributions, folding, inference_gap, objectives, plot, toy
 from .backprop import elbo_backward
 from .checkpoint import load, save
 from .densities import log_bernoulli, log_normal
@@ -74,6 +75,7 @@ __all__ = [
     "data",
     "plot",
     "distributions",
+    "folding",
     "inference_gap",
     "objectives",
     "toy",

@@ -98,7 +98,7 @@ class DiagonalNormal(_Vaelib):
             raise TypeError("loc and logvar must be torch.Tensors")
         if loc.dim() < 1:
             raise ValueError("loc must have at least one dimension (the event)")
-        shape = torch.broadcast_shapes(loc.shape, logvar.shape)
+        shape = loc.shape if logvar.shape == loc.shape else torch.broadcast_shapes(loc.shape, logvar.shape)
         if shape[-1] != loc.shape[-1]:
             raise ValueError(f"logvar {tuple(logvar.shape)} must not widen the event of loc {tuple(loc.shape)}")
         self.loc, self.logvar = loc, logvar
@@ -410,12 +410,15 @@ def kl_per_dimension(q: Distribution, p: Distribution) -> Tensor | None:
 
 
 def _kl_diagonal(q: Distribution, p: Distribution) -> Tensor:
-    a, b = _diagonal(q), _diagonal(p)
-    if a is None or b is None:
-        raise NotImplementedError  # not two diagonal Gaussians: no closed form here (Monte Carlo instead)
+    a = _diagonal(q)
+    if a is None:
+        raise NotImplementedError  # not a diagonal Gaussian: no closed form here (Monte Carlo instead)
     mu_q, logvar_q = a
     if isinstance(p, StandardNormal) and p.batch_shape == ():
         return _gaussian_kl(mu_q, logvar_q.expand_as(mu_q))  # eq. kl-standard-normal of chapter 4
+    b = _diagonal(p)
+    if b is None:
+        raise NotImplementedError
     shape = torch.broadcast_shapes(mu_q.shape, logvar_q.shape, b[0].shape, b[1].shape)
     return _kl_normal(mu_q.expand(shape), logvar_q.expand(shape), b[0], b[1])  # eq. kl-gaussians of chapter 2
 

@@ -33,7 +33,7 @@ three methods and cannot be overridden (a subclass that tries is refused when it
 
 The one exception to "through the three methods" is exact: for the built-in MLP with all three defaults
 (:func:`is_builtin_mlp`), :func:`vaelib.fit` and :func:`vaelib.log_likelihood` compute the same numbers from
-its layers directly, faster (:mod:`vaelib.backprop`, ``vaelib.iwae._Folder``).
+its layers directly, faster (:mod:`vaelib.backprop`, :mod:`vaelib.folding`).
 
 Chapter 3 uses the linear special case (``hidden=()``, Gaussian), which is probabilistic PCA with an
 amortised Gaussian posterior; chapters 4 and 6 train the MLP; chapter 6 also trains a convolutional one.
