@@ -496,8 +496,9 @@ class _Data:
         else:
             raise TypeError(f"{name} must be a tensor, a Digits, a pair (x, c) or an iterable of batches, "
                             f"got {type(data).__name__}")
-        self.bernoulli = _bernoulli(model, self.c)
+        self.bernoulli: bool | None = None  # whether the likelihood is a Bernoulli (probed with the first context)
         if self.x is not None:
+            self.bernoulli = _bernoulli(model, self.c)
             self.binarizer = self._binarizer(self.x)
 
     @classmethod
@@ -572,6 +573,8 @@ class _Data:
         xb = self._check(_as_tensor(xb)).to(getattr(self, "device", xb.device))
         if isinstance(cb, Tensor):
             cb = cb.to(xb.device)
+        if self.bernoulli is None:
+            self.bernoulli = _bernoulli(self.model, cb)
         binarizer = _Binarizer(xb) if (self.bernoulli or self.binarize) and in_unit_interval(xb) else None
         binarize = (self.bernoulli and not (binarizer is not None and binarizer.is_binary)
                     if self.binarize is None else self.binarize)
