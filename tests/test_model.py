@@ -168,3 +168,65 @@ def test_checks_name_the_argument():
         VAE(6, 2, hidden=(4, 0))
     with pytest.raises(ValueError, match="likelihood must be one of"):
         VAE(6, 2, likelihood="poisson")
+
+
+# --- the model is three distributions ----------------------------------------------------------------
+
+
+class _FixedPrior(torch.nn.Module):
+    def __init__(self, z_dim: int) -> None:
+        super().__init__()
+        self.log_scale = torch.nn.Parameter(torch.zeros(z_dim))
+
+    def forward(self):
+        return torch.distributions.Independent(torch.distributions.Normal(torch.zeros_like(self.log_scale),
+                                                                          self.log_scale.exp()), 1)
+
+
+def test_the_three_methods_default_to_the_books_model():
+    model = VAE(6, 2, hidden=(4,), seed=0)
+    x = (torch.rand(3, 6) < 0.5).float()
+    q, p = model.posterior(x), model.prior()
+    mu, logvar = model.encode(x)
+    assert q.batch_shape == (3,) and q.event_shape == (2,) and p.batch_shape == () and p.event_shape == (2,)
+    assert torch.equal(q.mean, mu) and torch.equal(q.variance, logvar.exp())
+    z = torch.randn(5, 3, 2)
+    lik = model.likelihood(z)
+    assert lik.batch_shape == (5, 3) and lik.event_shape == (6,)
+    assert torch.equal(lik.mean, torch.sigmoid(model.decode(z)))
+    assert model.likelihood_name == "bernoulli"
+
+
+def test_fast_paths_need_all_three_defaults():
+    from vaelib.model import is_builtin_mlp
+
+    assert is_builtin_mlp(VAE(6, 2, hidden=(4,)))
+    assert not is_builtin_mlp(VAE(6, 2, hidden=(4,), prior=_FixedPrior(2)))
+    for name in ("posterior", "prior", "likelihood"):
+        model = VAE(6, 2, hidden=(4,))
+        setattr(model, name, getattr(model, name))  # the same method, but replaced on the instance
+        assert not is_builtin_mlp(model), name
+
+
+def test_derived_methods_cannot_be_overridden():
+    with pytest.raises(TypeError, match="overrides VAE.log_px_z"):
+        class Mine(VAE):  # noqa: F841
+            def log_px_z(self, x, z, c=None):
+                return super().log_px_z(x, z)
+    model = VAE(6, 2, hidden=(4,))
+    with pytest.raises(TypeError, match="VAE.mean is derived"):
+        model.mean = lambda z: z
+
+
+def test_a_prior_must_be_a_module_returning_a_distribution():
+    normal = torch.distributions.Normal(0.0, 1.0)
+    with pytest.raises(TypeError, match="wrap a fixed distribution in a module"):
+        VAE(6, 2, prior=normal)
+
+    class NotADistribution(torch.nn.Module):
+        def forward(self):
+            return torch.zeros(2)
+
+    model = VAE(6, 2, hidden=(4,), prior=NotADistribution())
+    with pytest.raises(TypeError, match="must return a torch.distributions.Distribution"):
+        vaelib.sample(model, 3)
