@@ -1,7 +1,7 @@
 """A zoo of VAEs built from ``torch.distributions``: every vaelib function computes what the model's three
 distributions say.
 
-Eight models, each replacing one of the book's defaults the way a reader of chapter 2 would:
+Nine models, each replacing one of the book's defaults the way a reader of chapter 2 would:
 
 1. ``mog-prior``: a learned mixture-of-Gaussians prior (``MixtureSameFamily``), with a linear Gaussian decoder
    that has one learned scale per pixel, so that :math:`\\log p(x)` is known exactly (a Gaussian mixture);
@@ -13,7 +13,9 @@ Eight models, each replacing one of the book's defaults the way a reader of chap
 6. ``two-level``: a top-down hierarchy :math:`z_2 \\to z_1 \\to x` with a prior :math:`p(z_2)p(z_1|z_2)` and a
    posterior :math:`q(z_2|x)q(z_1|z_2,x)` written as ``Distribution`` subclasses (KL by Monte Carlo);
 7. ``conditional``: a conditional VAE on integer labels ``c`` (``encoder(x, c)``, ``decoder(z, c)``);
-8. ``pyro-style``: an encoder returning ``Normal(loc, scale)`` and a decoder returning ``Bernoulli(probs)``.
+8. ``conditional-prior``: the same on one-hot labels, with a learned prior per class ``prior_module(c)``
+   (a prior of batch shape ``(batch,)``);
+9. ``pyro-style``: an encoder returning ``Normal(loc, scale)`` and a decoder returning ``Bernoulli(probs)``.
 
 For each, the test computes what vaelib should compute in plain PyTorch, from the model's public
 ``posterior``, ``prior`` and ``likelihood`` (or its modules directly), with ``torch.distributions``' own
@@ -56,7 +58,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import vaelib
 from vaelib import VAE
-from vaelib.distributions import DiagonalNormal, StandardNormal
+from vaelib.distributions import BernoulliLogits, DiagonalNormal, StandardNormal
 from vaelib.objectives import DReG, ELBO, IWAE
 
 DT = torch.float64
@@ -251,8 +253,8 @@ class TwoLevelPriorModule(nn.Module):
 
 
 class TwoLevelPosterior(Distribution):
-    """:math:`q(z|x) = \\mathcal{N}(z_2; \\mu_2(x), \\sigma_2^2(x))\\,\\mathcal{N}(z_1; \\mu_1(h, z_2), \\sigma_1^2(h, z_2))`,
-    ``h`` the encoder's features of ``x``."""
+    """:math:`q(z|x) = \\mathcal{N}(z_2; \\mu_2(x), \\sigma_2^2(x))\\,
+    \\mathcal{N}(z_1; \\mu_1(h, z_2), \\sigma_1^2(h, z_2))`, ``h`` the encoder's features of ``x``."""
 
     arg_constraints: dict = {}
     support = constraints.independent(constraints.real, 1)
@@ -304,14 +306,18 @@ class TwoLevelDecoder(nn.Module):
         return self.net(z[..., :Z1])
 
 
+def _onehot(c: Tensor, dtype: torch.dtype) -> Tensor:
+    """Labels as one-hot rows: integer labels are encoded, float rows are taken as one-hot already."""
+    return c.to(dtype) if c.is_floating_point() else F.one_hot(c, N_CLASSES).to(dtype)
+
+
 class ConditionalEncoder(nn.Module):
     def __init__(self, x_dim: int, z_dim: int) -> None:
         super().__init__()
         self.net = _mlp(x_dim + N_CLASSES, 2 * z_dim)
 
     def forward(self, x: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-        onehot = F.one_hot(c, N_CLASSES).to(x.dtype)
-        mu, logvar = self.net(torch.cat([x, onehot], -1)).chunk(2, dim=-1)
+        mu, logvar = self.net(torch.cat([x, _onehot(c, x.dtype)], -1)).chunk(2, dim=-1)
         return mu, logvar
 
 
@@ -321,7 +327,24 @@ class ConditionalDecoder(nn.Module):
         self.net = _mlp(z_dim + N_CLASSES, x_dim)
 
     def forward(self, z: Tensor, c: Tensor) -> Tensor:
-        return self.net(torch.cat([z, F.one_hot(c, N_CLASSES).to(z.dtype)], -1))
+        return self.net(torch.cat([z, _onehot(c, z.dtype)], -1))
+
+
+class ConditionalPrior(nn.Module):
+    """A learned prior per class, :math:`p(z|c) = \\mathcal{N}(m_c, \\operatorname{diag} e^{2 s_c})`: batch shape
+    ``(batch,)``, one row per label."""
+
+    def __init__(self, z_dim: int) -> None:
+        super().__init__()
+        self.loc = nn.Linear(N_CLASSES, z_dim)
+        self.log_scale = nn.Linear(N_CLASSES, z_dim)
+        with torch.no_grad():
+            self.log_scale.weight.mul_(0.2)  # scales near 1, as N(0, I)
+            self.log_scale.bias.mul_(0.2)
+
+    def forward(self, c: Tensor) -> Distribution:
+        onehot = _onehot(c, self.loc.weight.dtype)
+        return Independent(Normal(self.loc(onehot), torch.exp(self.log_scale(onehot))), 1)
 
 
 class PyroEncoder(nn.Module):
@@ -389,6 +412,11 @@ def build_conditional(seed: int = 0) -> VAE:
                                      decoder=ConditionalDecoder(Z_DIM, X_DIM)))
 
 
+def build_conditional_prior(seed: int = 0) -> VAE:
+    return _seeded(seed, lambda: VAE(X_DIM, Z_DIM, encoder=ConditionalEncoder(X_DIM, Z_DIM),
+                                     decoder=ConditionalDecoder(Z_DIM, X_DIM), prior=ConditionalPrior(Z_DIM)))
+
+
 def build_pyro(seed: int = 0) -> VAE:
     return _seeded(seed, lambda: VAE(X_DIM, Z_DIM, encoder=PyroEncoder(X_DIM, Z_DIM),
                                      decoder=TorchExampleDecoder(Z_DIM, X_DIM)))
@@ -425,6 +453,12 @@ def labelled_data(n: int = N, seed: int = 0) -> tuple[Tensor, Tensor]:
     return (x + (torch.rand(n, X_DIM, generator=g) < 0.1).to(DT)) % 2, labels
 
 
+def onehot_data(n: int = N, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """:func:`labelled_data` with the labels as float64 one-hot rows ``(n, 3)``."""
+    x, labels = labelled_data(n, seed)
+    return x, F.one_hot(labels, N_CLASSES).to(DT)
+
+
 @dataclass(frozen=True)
 class Case:
     build: Callable[..., VAE]
@@ -440,6 +474,7 @@ CASES: dict[str, Case] = {
     "pixel-variance": Case(build_pixel_variance, continuous_data, True),
     "two-level": Case(build_two_level, binary_data, False),
     "conditional": Case(build_conditional, labelled_data, True),
+    "conditional-prior": Case(build_conditional_prior, onehot_data, True),
     "pyro-style": Case(build_pyro, binary_data, True),
 }
 NAMES = list(CASES)
@@ -464,6 +499,8 @@ def _draw(d: Distribution, shape: tuple[int, ...], g: torch.Generator, reparamet
         return z if reparameterized else z.detach()
     if isinstance(d, StandardNormal):
         return torch.randn(shape + d.batch_shape + d.event_shape, generator=g, dtype=d.dtype)
+    if isinstance(d, BernoulliLogits) and not reparameterized:
+        return torch.bernoulli(torch.sigmoid(d.logits).expand(shape + d.batch_shape + d.event_shape), generator=g)
     seed = int(torch.randint(0, 2**62, (1,), generator=g))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -471,7 +508,10 @@ def _draw(d: Distribution, shape: tuple[int, ...], g: torch.Generator, reparamet
 
 
 def _native(d: Distribution, like: Distribution | None = None) -> Distribution:
-    """``d`` as a distribution of ``torch.distributions`` itself (so that its KL formulas are torch's)."""
+    """``d`` as a distribution of ``torch.distributions`` itself, so that its densities and KL formulas are
+    torch's, not vaelib's (any other family is returned as it is)."""
+    if isinstance(d, BernoulliLogits):
+        return Independent(Bernoulli(logits=d.logits), 1)
     if isinstance(d, DiagonalNormal):
         return Independent(Normal(d.loc, torch.exp(0.5 * d.logvar)), 1)
     if isinstance(d, StandardNormal):
@@ -489,13 +529,13 @@ def _kl(q: Distribution, p: Distribution, z: Tensor) -> tuple[Tensor, bool]:
     try:
         return kl_divergence(q0, p0), True
     except NotImplementedError:
-        return (q.log_prob(z) - p0.log_prob(z)).mean(0), False
+        return (q0.log_prob(z) - p0.log_prob(z)).mean(0), False
 
 
 def _elbo_terms(model: VAE, x: Tensor, c: Any, g: torch.Generator, n_samples: int = 1):
     q = _call(model.posterior, x, c=c)
     z = _draw(q, (n_samples,), g)
-    reconstruction = _call(model.likelihood, z, c=c).log_prob(x).mean(0)
+    reconstruction = _native(_call(model.likelihood, z, c=c)).log_prob(x).mean(0)
     kl, closed = _kl(q, _call(model.prior, c=c), z)
     return reconstruction, kl, closed
 
@@ -505,7 +545,7 @@ def _log_weights(model: VAE, x: Tensor, c: Any, g: torch.Generator, k: int) -> T
     q = _call(model.posterior, x, c=c)
     z = _draw(q, (k,), g)
     prior = _native(_call(model.prior, c=c))
-    return _call(model.likelihood, z, c=c).log_prob(x) + prior.log_prob(z) - q.log_prob(z)
+    return _native(_call(model.likelihood, z, c=c)).log_prob(x) + prior.log_prob(z) - _native(q).log_prob(z)
 
 
 def elbo_loss(beta: float = 1.0, warmup_steps: int = 0) -> Callable[..., Tensor]:
@@ -797,10 +837,21 @@ def test_iwae_bound_and_log_likelihood_are_the_logsumexp_of_the_models_weights(n
     # Held at once (one chunk), log_likelihood draws exactly what iwae_bound draws.
     ll = vaelib.log_likelihood(model, x, k, G(21), max_elements=10**9, c=c)
     torch.testing.assert_close(ll, ref.detach(), rtol=1e-12, atol=1e-10)
-    # One sample per chunk: other draws, the same estimator (the IWAE bound at large k is near log p(x)).
-    chunked = vaelib.log_likelihood(model, x, k, G(22), max_elements=1, c=c)
-    assert torch.isfinite(chunked).all()
-    assert (chunked - ref).abs().max() < 0.5
+    # max_elements=1 holds one example and one sample at a time: the same estimator, its weights summed as
+    # they come (log-add-exp), its draws taken one by one.
+    k_small, g = 40, G(22)
+    chunked = vaelib.log_likelihood(model, x, k_small, G(22), max_elements=1, c=c)
+    for i in range(x.shape[0]):
+        xi, ci = x[i : i + 1], None if c is None else c[i : i + 1]
+        q = _call(model.posterior, xi, c=ci)
+        prior = _native(_call(model.prior, c=ci))
+        log_w = []
+        for _ in range(k_small):
+            z = _draw(q, (1,), g)
+            lik = _native(_call(model.likelihood, z, c=ci))
+            log_w.append(lik.log_prob(xi) + prior.log_prob(z) - _native(q).log_prob(z))
+        expected = torch.logsumexp(torch.cat(log_w), 0) - math.log(k_small)
+        torch.testing.assert_close(chunked[i : i + 1], expected.detach(), rtol=1e-12, atol=1e-10)
     # An upper estimate of the ELBO (within noise).
     elbo = vaelib.elbo(model, x, n_samples=200, generator=G(23), c=c).elbo.detach()
     assert (ll > elbo - 0.05).all()
@@ -819,7 +870,7 @@ def test_iwae_bound_at_one_sample_is_the_elbo_in_expectation(name):
         return
     reps = 2000
     xr = x.expand(reps, X_DIM).clone()
-    cr = None if c is None else c.expand(reps).clone()
+    cr = None if c is None else c.expand(reps, *c.shape[1:]).clone()
     with torch.no_grad():
         iwae = vaelib.iwae_bound(model, xr, 1, G(1), c=cr)
         elbo = vaelib.elbo(model, xr, generator=G(1), c=cr).elbo
@@ -829,8 +880,9 @@ def test_iwae_bound_at_one_sample_is_the_elbo_in_expectation(name):
 
 
 def test_the_mixture_prior_models_evidence_is_the_exact_gaussian_mixture():
-    """With a linear Gaussian decoder and a mixture prior, p(x) is a Gaussian mixture: the ELBO lies below
-    it and the log-likelihood estimate closes most of the gap."""
+    """With a linear Gaussian decoder and a mixture prior, p(x) is a Gaussian mixture,
+    :math:`\\sum_k \\pi_k \\mathcal{N}(x; W m_k + b, W S_k W^\\top + \\operatorname{diag} e^{2s})`: the ELBO lies below
+    it, and the log-likelihood estimate finds it."""
     model = build_mog()
     x = continuous_data(seed=6)[0]
     vaelib.fit(model, x, 3, batch_size=BATCH, lr=LR, seed=0, progress=False)
@@ -844,9 +896,8 @@ def test_the_mixture_prior_models_evidence_is_the_exact_gaussian_mixture():
         elbo = vaelib.elbo(model, x, n_samples=2000, generator=G(0)).elbo
         ll = vaelib.log_likelihood(model, x, 3000, G(1))
     gap = exact - elbo
-    assert (gap > 0.01).all()
-    assert (ll < exact + 0.02).all()
-    assert ((exact - ll) < 0.25 * gap).all()
+    assert (gap > 0.5).all()  # the ELBO lies below log p(x) (by KL(q || p(z|x)), over a nat here)
+    assert ((exact - ll).abs() < 0.05).all()  # 3000 importance samples close the gap to ~0.01 nats
 
 
 # --- (d) sampling draws z from the prior -----------------------------------------------------------------
@@ -855,19 +906,17 @@ def test_sample_decodes_draws_of_the_prior(name):
     case = CASES[name]
     model = case.build()
     n = 5
-    c = None if name != "conditional" else torch.tensor([0, 1, 2, 1, 0])
+    c = case.data(n=n, seed=1)[1]
+    g = G(3)
     prior = _call(model.prior, c=c)
-    z = _draw(prior, (n,), G(3), reparameterized=False)
+    z = _draw(prior, (n,) if prior.batch_shape == () else (), g, reparameterized=False)
     lik = _call(model.likelihood, z, c=c)
-    if name == "categorical-256":
-        expected = (lik.base_dist.probs * torch.arange(LEVELS, dtype=DT)).sum(-1)  # the mean grey level
-    else:
-        expected = lik.mean
-    out = vaelib.sample(model, n, G(3), c=c)
-    if name == "categorical-256":
-        pytest.xfail("vaelib bug: see test_sample_of_a_categorical_likelihood_is_finite")
-    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
-    assert out.shape == (n, X_DIM)
+    drawn = _draw(lik, (), g, reparameterized=False)
+    assert torch.equal(vaelib.sample(model, n, G(3), mean=False, c=c), drawn)
+    if name != "categorical-256":  # its mean: the categorical tests below
+        out = vaelib.sample(model, n, G(3), c=c)
+        torch.testing.assert_close(out, lik.mean, rtol=1e-12, atol=1e-12)
+        assert out.shape == (n, X_DIM)
 
 
 def test_sample_of_the_mixture_prior_uses_its_components():
@@ -885,13 +934,28 @@ def test_sample_of_the_mixture_prior_uses_its_components():
     assert drawn.shape == (n, X_DIM) and not torch.equal(drawn, out)
 
 
-@pytest.mark.xfail(strict=True, reason="vaelib bug: sample(mean=True) of a Categorical likelihood returns NaN "
-                   "(torch's Categorical.mean is NaN; vaelib.distributions.mean only falls back on "
-                   "NotImplementedError)")
-def test_sample_of_a_categorical_likelihood_is_finite():
+def _mean_grey_level(lik: Distribution) -> Tensor:
+    """The mean of ``Independent(Categorical(256), 1)`` over the levels 0..255: sum_k k p_k."""
+    probs = lik.base_dist.probs
+    return (probs * torch.arange(LEVELS, dtype=probs.dtype)).sum(-1)
+
+
+def test_sample_of_a_categorical_likelihood_is_its_mean_grey_level():
     model = build_categorical()
     out = vaelib.sample(model, 4, G(0))
-    assert torch.isfinite(out).all()
+    assert torch.isfinite(out).all() and ((out >= 0) & (out <= 255)).all()
+    g = G(0)
+    z = _draw(model.prior(), (4,), g, reparameterized=False)
+    torch.testing.assert_close(out, _mean_grey_level(model.likelihood(z)), rtol=1e-12, atol=1e-10)
+
+
+def test_interpolate_and_reconstruct_with_a_categorical_likelihood_are_finite():
+    model = build_categorical()
+    x = grey_data(n=2)[0]
+    path = vaelib.interpolate(model, x[0], x[1], 3)
+    assert path.shape == (3, X_DIM) and torch.isfinite(path).all()
+    z = model.posterior(x).mean
+    torch.testing.assert_close(model(x), _mean_grey_level(model.likelihood(z)), rtol=1e-12, atol=1e-10)
 
 
 # --- (e) save and load -----------------------------------------------------------------------------------
@@ -908,6 +972,9 @@ def test_save_and_load_fill_a_fresh_model_exactly(tmp_path, name):
     loaded = vaelib.load(path, model=fresh)
     assert loaded is fresh
     assert_equal_states(_state(model), _state(fresh))
+    if model.prior_module is not None:  # the learned prior's parameters travel with the model
+        assert any(k.startswith("prior_module.") for k in _state(fresh))
+        assert_equal_states(_state(model.prior_module), _state(fresh.prior_module))
     a = vaelib.elbo(model, x[:5], n_samples=3, generator=G(0), c=None if c is None else c[:5]).elbo
     b = vaelib.elbo(fresh, x[:5], n_samples=3, generator=G(0), c=None if c is None else c[:5]).elbo
     assert torch.equal(a, b)
@@ -922,25 +989,42 @@ RUNS = {
 }
 
 
-@pytest.mark.parametrize("name", ["mog-prior", "planar-flow"])
-@pytest.mark.parametrize("run", list(RUNS))
+@pytest.mark.parametrize("name, run", [
+    (name, run) for name in ("mog-prior", "planar-flow", "conditional-prior") for run in RUNS
+])
 def test_a_resumed_run_is_the_uninterrupted_run(tmp_path, name, run):
+    """fit 4 epochs = fit 2, then 2 more = fit 2, save, load into a fresh model, fit 2 more: bit for bit."""
     case = CASES[name]
-    x, c = case.data()
+    data = _fit_data(*case.data())
     kwargs = dict(batch_size=BATCH, lr=LR, seed=4, progress=False, **RUNS[run])
     first = {"total_epochs": 4} if run == "cosine" else {}
     whole = case.build()
-    vaelib.fit(whole, x, 4, **kwargs)
+    vaelib.fit(whole, data, 4, **kwargs)
     halves = case.build()
-    vaelib.fit(halves, x, 2, **kwargs, **first)
+    vaelib.fit(halves, data, 2, **kwargs, **first)
     path = tmp_path / "half.pt"
     vaelib.save(halves, path)
-    vaelib.fit(halves, x, 2, **kwargs)
+    vaelib.fit(halves, data, 2, **kwargs)
     assert_equal_states(_state(whole), _state(halves))
     assert halves.fit_state.epoch == 4 and halves.fit_state.step == 4 * (N // BATCH)
     resumed = vaelib.load(path, model=case.build(seed=3))
-    vaelib.fit(resumed, x, 2, **kwargs)
+    vaelib.fit(resumed, data, 2, **kwargs)
     assert_equal_states(_state(whole), _state(resumed))
+
+
+def test_a_resumed_run_on_a_shuffling_data_loader_is_the_uninterrupted_run():
+    """The loader shuffles with its own generator, which goes on across calls; vaelib's draws the noise."""
+    x, c = labelled_data()
+
+    def loader() -> DataLoader:
+        return DataLoader(TensorDataset(x, c), batch_size=BATCH, shuffle=True, generator=G(1))
+
+    whole = build_conditional()
+    vaelib.fit(whole, loader(), 4, objective=ELBO(warmup_epochs=3), lr=LR, seed=2, progress=False)
+    halves, data = build_conditional(), loader()
+    vaelib.fit(halves, data, 2, objective=ELBO(warmup_epochs=3), lr=LR, seed=2, progress=False)
+    vaelib.fit(halves, data, 2, objective=ELBO(warmup_epochs=3), lr=LR, seed=2, progress=False)
+    assert_equal_states(_state(whole), _state(halves))
 
 
 def test_the_warm_up_and_the_cosine_schedule_are_those_of_the_plain_loop():
@@ -972,7 +1056,7 @@ def test_a_continuing_call_with_another_lr_is_refused():
 
 
 # --- a DataLoader -------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["pyro-style", "conditional", "categorical-256"])
+@pytest.mark.parametrize("name", ["pyro-style", "conditional", "conditional-prior", "categorical-256"])
 def test_fit_on_a_data_loader_trains_as_the_plain_loop(name):
     case = CASES[name]
     x, c = case.data()

@@ -28,7 +28,8 @@ from typing import Sequence
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, constraints, register_kl
+from torch.distributions import (Categorical, Distribution, Independent, MultivariateNormal, Normal, constraints,
+                                 register_kl)
 from torch.distributions import kl_divergence
 
 from ._validate import _is_binary
@@ -354,8 +355,26 @@ def log_prob(dist: Distribution, value: Tensor) -> Tensor:
     return dist._log_prob(value) if isinstance(dist, _Vaelib) else dist.log_prob(value)
 
 
+def _category_mean(dist: Distribution) -> Tensor | None:
+    """The mean of a ``Categorical`` over its values ``0..K-1`` (seen through ``Independent`` and
+    :class:`Unflattened`), :math:`\\sum_k k\\,p_k`, which torch leaves NaN; ``None`` for any other family."""
+    if isinstance(dist, Categorical):
+        probs = dist.probs
+        return (probs * torch.arange(probs.shape[-1], dtype=probs.dtype, device=probs.device)).sum(-1)
+    if isinstance(dist, Independent):
+        return _category_mean(dist.base_dist)
+    if isinstance(dist, Unflattened):
+        inner = _category_mean(dist.base)
+        return None if inner is None else dist._reshaped(inner)
+    return None
+
+
 def mean(dist: Distribution, generator: torch.Generator | None = None, n_samples: int = 1000) -> Tensor:
-    """``dist.mean``, or where the family has no formula for it (a flow), the average of ``n_samples`` draws."""
+    """``dist.mean``; for a ``Categorical`` (a 256-way likelihood of grey levels) the mean of its values
+    ``0..K-1``, not torch's NaN; where the family has no formula (a flow), the average of ``n_samples`` draws."""
+    category_mean = _category_mean(dist)
+    if category_mean is not None:
+        return category_mean
     try:
         return dist.mean
     except NotImplementedError:

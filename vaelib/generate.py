@@ -45,7 +45,7 @@ def sample(
     likelihood = run_likelihood(model, z, c)
     if mean:
         return distribution_mean(likelihood, generator)
-    return draw(likelihood, (), generator, reparameterized=False)
+    return draw(likelihood, (), generator, reparameterized=False).to(z.dtype)  # (a categorical draws integers)
 
 
 @torch.no_grad()
@@ -80,4 +80,4 @@ def interpolate(model: VAE, x_a: Tensor, x_b: Tensor, steps: int, *, c: Any = No
     t = torch.linspace(0.0, 1.0, steps, device=mu_a.device, dtype=mu_a.dtype).unsqueeze(1)
     path = (1 - t) * mu_a + t * mu_b
     path_c = c if c is None or not isinstance(c, Tensor) else c.expand(steps, *c.shape[1:])
-    return run_likelihood(model, path, path_c).mean
+    return distribution_mean(run_likelihood(model, path, path_c))

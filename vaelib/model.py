@@ -355,8 +355,10 @@ class VAE(nn.Module):
     # --- derived from the three methods (not to be overridden) ----------------------------------
     def mean(self, z: Tensor, c: Any = None) -> Tensor:
         r"""The mean of :math:`p_\theta(x|z)` for codes ``(..., z_dim)``: pixel probabilities (Bernoulli) or
-        the Gaussian mean."""
-        return run_likelihood(self, self.check_z(z), c).mean
+        the Gaussian mean (:func:`vaelib.distributions.mean`)."""
+        from .distributions import mean
+
+        return mean(run_likelihood(self, self.check_z(z), c))
 
     def log_px_z(self, x: Tensor, z: Tensor, c: Any = None) -> Tensor:
         r""":math:`\log p_\theta(x|z)` in nats, summed over the ``x_dim`` pixels: ``likelihood(z).log_prob(x)``.

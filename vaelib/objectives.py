@@ -121,7 +121,7 @@ class IWAE:
         z = draw(q, (self.k,), generator)
         log_w = log_weights(model, x, q, self.k, generator, c, checked=True, z=z)
         bound = torch.logsumexp(log_w, 0) - math.log(self.k)
-        return Step(-bound.mean(), bound.detach(), _kl_estimate(model, q, z.detach(), c))
+        return Step(-bound.mean(), bound.detach(), _kl_estimate(model, q, z, c))  # z itself: a flow's cache
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,14 @@ class DReG:
         z_fixed = z.detach().requires_grad_(True)            # the same draws, as a leaf
         likelihood, prior = run_likelihood(model, z_fixed, c), run_prior(model, c, x.shape[0])
         log_joint = log_prob(likelihood, x) + log_prob(prior, z_fixed)   # log p(x, z), (k, batch)
-        log_w = log_joint - log_prob(q, z_fixed)
+        try:
+            log_q = log_prob(q, z_fixed)
+        except NotImplementedError as err:
+            raise TypeError(
+                f"DReG scores the draws detached from q, and this {type(q).__name__} cannot score a point it did not "
+                "draw itself (a flow without an inverse): use IWAE, or a flow whose transforms invert"
+            ) from err
+        log_w = log_joint - log_q
         weights = torch.softmax(log_w.detach(), 0)           # normalised weights w~, without gradient
         # g = d/dz sum_k w~_k^2 log w_k, with q's parameters held fixed (the gradient is in z_fixed only).
         (grad_z,) = torch.autograd.grad((weights.pow(2) * log_w).sum(), z_fixed, retain_graph=True)
