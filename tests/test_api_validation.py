@@ -1,16 +1,23 @@
 """The whole public API against bad inputs.
 
 ``CASES`` is a table: for every public callable of ``vaelib`` (every name in ``vaelib.__all__``, the
-public functions and classes of ``vaelib.toy``, ``vaelib.data`` and ``vaelib.plot``, and the public
-methods of their classes), bad inputs of every class that applies to it: wrong type (list, NumPy array,
-integer tensor, wrong dtype), wrong rank or size, an empty batch, NaN and inf, zero/negative/non-integer
-counts, grey levels for a Bernoulli model, a model and data of different sizes, unknown options. Each must
-end in a ``ValueError`` or ``TypeError`` whose message names the offending argument, never in a crash deep
-inside PyTorch or a silent wrong number.
+public functions and classes of its modules there, ``vaelib.toy``, ``data``, ``plot``, ``distributions``,
+``objectives``, ``inference_gap``, ``folding``, and the public methods of their classes), bad inputs of
+every class that applies to it: wrong type (list, NumPy array, integer tensor, wrong dtype), wrong rank or
+size, an empty batch, NaN and inf, zero/negative/non-integer counts, grey levels for a Bernoulli model, a
+model and data of different sizes, unknown options, and what a model of one's own may get wrong (an
+encoder, decoder or prior module that returns something else than a distribution or of the wrong shape, a
+posterior without ``rsample`` for training, free bits with a posterior whose KL does not split over units,
+a parameter the objective never reaches, a continued run with other settings). Each must end in a
+``ValueError`` or ``TypeError`` whose message names the offending argument, never in a crash deep inside
+PyTorch or a silent wrong number.
 
 ``test_every_public_callable_has_bad_input_cases`` walks the API, so a function added later without
 entries in the table fails it. ``python tests/test_api_validation.py`` prints the count of bad inputs
 tried and how each class of them ended (``test_summary`` checks the same tally).
+
+A case with a ``bug`` is a known vaelib bug (described, with its fix, in the ``BUG_*`` constants): it is
+an expected failure, ``strict``, so that fixing the bug fails the test until the marker is removed.
 """
 
 from __future__ import annotations
@@ -31,7 +38,8 @@ import pytest
 import torch
 
 import vaelib
-from vaelib import toy
+from vaelib import distributions as vdist
+from vaelib import folding, inference_gap, objectives, toy
 from vaelib.data import Digits
 
 # --- good arguments, built once ---------------------------------------------------------------------
@@ -48,6 +56,75 @@ XL, _ = LG.sample(3, generator=_g)
 QM = torch.zeros(3, 2, dtype=torch.float64)
 QC = torch.eye(2, dtype=torch.float64)
 DIGITS = Digits(torch.rand(10, 4, generator=_g), torch.arange(10) % 2, (2, 2))
+# --- the parts of models of one's own, some of them bad -------------------------------------------------
+
+class FullCovarianceEncoder(torch.nn.Module):
+    """A posterior with a full covariance: its KL does not split over latent units."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.to_mu = torch.nn.Linear(6, 2)
+
+    def forward(self, x):
+        return torch.distributions.MultivariateNormal(self.to_mu(x), scale_tril=torch.eye(2))
+
+
+class BernoulliEncoder(torch.nn.Module):
+    """Binary codes: a posterior without rsample, so no gradient reaches the encoder through its draws."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.to_logits = torch.nn.Linear(6, 2)
+
+    def forward(self, x):
+        return torch.distributions.Bernoulli(logits=self.to_logits(x))
+
+
+class UnusedParameterPrior(torch.nn.Module):
+    """N(0, I), with a trainable parameter that it never uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(2))
+
+    def forward(self):
+        return vaelib.distributions.StandardNormal(2)
+
+
+class OwnLikelihoodDecoder(torch.nn.Module):
+    """Returns its own distribution (unit variance): a Gaussian VAE's obs_logvar is then never used."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.to_x = torch.nn.Linear(2, 6)
+
+    def forward(self, z):
+        return torch.distributions.Normal(self.to_x(z), 1.0)
+
+
+class Returns(torch.nn.Module):
+    """A module of one linear layer whose output ``make`` turns into what it returns (good or bad)."""
+
+    def __init__(self, n_in: int, n_out: int, make: Callable) -> None:
+        super().__init__()
+        self.layer, self.make = torch.nn.Linear(n_in, n_out), make
+
+    def forward(self, *args):
+        return self.make(self.layer(args[0]) if args else self.layer.weight.sum(-1))
+
+
+def own_model(*, likelihood: str = "bernoulli", **parts) -> vaelib.VAE:
+    """A VAE with the given parts of one's own, the built-in MLP (hidden=(4,)) for the others."""
+    hidden = None if "encoder" in parts and "decoder" in parts else (4,)
+    return vaelib.VAE(6, 2, hidden=hidden, likelihood=likelihood, seed=0, **parts)
+
+
+TRAINED = vaelib.VAE(6, 2, hidden=(4,), seed=0)  # carries a run (model.fit_state) that fit would continue
+vaelib.fit(TRAINED, XB, 1, progress=False)
+WITH_BAD_FIT_STATE = vaelib.VAE(6, 2, hidden=(4,), seed=0)
+WITH_BAD_FIT_STATE.fit_state = {"epoch": 1}
+
+
 _TMP = tempfile.TemporaryDirectory(prefix="vaelib-api-")
 TMP = _TMP.name
 
@@ -73,6 +150,8 @@ class Case:
     kind: str  # the class of bad input
     call: Callable[[], object]
     expected: type[Exception]
+    bug: str = ""  # a known vaelib bug that this case exposes (xfail, strict, until it is fixed)
+    says: tuple[str, ...] = ()  # other words the message must contain
 
     @property
     def id(self) -> str:
@@ -81,9 +160,29 @@ class Case:
 
 CASES: list[Case] = []
 
+# --- known vaelib bugs (each case marked with one is an expected failure, strict) ----------------------
+# The bugs this file found when the distribution API was written (issue #20) are fixed; a case exposing a
+# new one gets a constant here, BUG_... = "what is wrong; the fix", and bug=BUG_... on the case.
+BUG_TENSOR_LIKELIHOOD = ""
+BUG_DECODE_OUTPUT = ""
+BUG_CONTEXT = ""
+BUG_FIT_STATE = ""
+BUG_CACHE_ARGS = ""
+BUG_DISTRIBUTION_PARAMETERS = ""
+BUG_STANDARD_NORMAL = ""
+BUG_SHAPES = ""
+BUG_DISTRIBUTION_FUNCTIONS = ""
+BUG_KL_SHAPES = ""
+BUG_BETA_AT = ""
+BUG_GAUSSIAN_EPS = ""
+BUG_INIT_NAME = ""
+BUG_FOLDING = ""
+BUG_SCORER_COUNTS = ""
 
-def _add(api: str, arg: str, kind: str, expected: type[Exception], call: Callable[[], object]) -> None:
-    CASES.append(Case(api, arg, kind, call, expected))
+
+def _add(api: str, arg: str, kind: str, expected: type[Exception], call: Callable[[], object], *, bug: str = "",
+         says: tuple[str, ...] = ()) -> None:
+    CASES.append(Case(api, arg, kind, call, expected, bug, says))
 
 
 def bad_tensors(good: torch.Tensor, *, rank: bool = True, size: bool = True, empty: bool = True,
@@ -123,14 +222,16 @@ def bad_counts(minimum: int = 1, optional: bool = False):
         yield "None count", None, TypeError
 
 
-def bad_reals(*, negative: bool = True):
+def bad_reals(*, negative: bool = True, optional: bool = False):
+    """Bad values for a real argument (``optional``: ``None`` is allowed)."""
     if negative:
         yield "negative number", -1.0, ValueError
     yield "NaN number", math.nan, ValueError
     yield "inf number", math.inf, ValueError
     yield "integer beyond float", 10**400, ValueError
     yield "string number", "1", TypeError
-    yield "None number", None, TypeError
+    if not optional:
+        yield "None number", None, TypeError
 
 
 def bad_generators():
@@ -149,21 +250,23 @@ def bad_paths():
     yield "bytes path", b"model.pt", TypeError
 
 
-def _table(api: str, fn: Callable, good: dict, arg: str, values) -> None:
+def _table(api: str, fn: Callable, good: dict, arg: str, values, *, bug: str = "", says: tuple[str, ...] = ()) -> None:
     """One case per bad value of ``arg``, every other argument good."""
     for kind, value, expected in values:
-        _add(api, arg, kind, expected, lambda fn=fn, arg=arg, value=value: fn(**{**good, arg: value}))
+        _add(api, arg, kind, expected, lambda fn=fn, arg=arg, value=value: fn(**{**good, arg: value}), bug=bug,
+             says=says)
 
 
-def _one(api: str, fn: Callable, good: dict, arg: str, kind: str, value, expected: type[Exception]) -> None:
-    _table(api, fn, good, arg, [(kind, value, expected)])
+def _one(api: str, fn: Callable, good: dict, arg: str, kind: str, value, expected: type[Exception], *,
+         bug: str = "", says: tuple[str, ...] = ()) -> None:
+    _table(api, fn, good, arg, [(kind, value, expected)], bug=bug, says=says)
 
 
 def _model_data(api: str, fn: Callable, good: dict, model_arg: str = "model", x_arg: str = "x") -> None:
     """The classes of bad data that every model-and-data function must refuse."""
     _table(api, fn, good, model_arg, bad_models())
     _table(api, fn, good, x_arg, bad_tensors(good[x_arg]))
-    _one(api, fn, good, x_arg, "grey levels for a Bernoulli model", XG, ValueError)
+    _one(api, fn, good, x_arg, "grey levels for a Bernoulli model", XG, ValueError, says=("binary",))
     _one(api, fn, good, x_arg, "float64 data for a float32 model", good[x_arg].double(), TypeError)
     _one(api, fn, good, x_arg, "data wider than the model", torch.cat([good[x_arg], good[x_arg]], 1), ValueError)
 
@@ -226,7 +329,7 @@ _table("VAE", vaelib.VAE, good, "likelihood", [("unknown option", "poisson", Val
                                                                                            ValueError)])
 
 for model in (BERN, GAUSS):
-    name = model.likelihood
+    name = model.likelihood_name
     _table("VAE.encode", lambda x, m=model: m.encode(x), {"x": XB}, "x", bad_tensors(XB))
     _one("VAE.encode", lambda x, m=model: m.encode(x), {"x": XB}, "x", f"float64 data ({name})", XB.double(),
          TypeError)
@@ -253,7 +356,6 @@ for model in (BERN, GAUSS):
     _one("VAE.log_px_z", fn, good, "z", f"batch of z unlike x's ({name})", torch.zeros(4, 2), ValueError)
     _one("VAE.log_px_z", fn, good, "z", f"float64 codes ({name})", torch.zeros(5, 2, dtype=torch.float64),
          TypeError)
-_one("VAE.check_x", BERN.check_x, {"x": XB}, "x", "grey levels for a Bernoulli model", XG, ValueError)
 _table("VAE.linear_gaussian_parameters", lambda model: model.linear_gaussian_parameters(), {"model": GAUSS},
        "model", [("a Bernoulli VAE", vaelib.VAE(6, 2, hidden=(), seed=0), ValueError),
                  ("a nonlinear Gaussian VAE", vaelib.VAE(6, 2, hidden=(4,), likelihood="gaussian", seed=0),
@@ -310,18 +412,53 @@ _one("fit", vaelib.fit, good, "train", "values outside [0, 1] to binarise", XG *
 _one("fit", vaelib.fit, good, "valid", "grey levels for a Bernoulli model", XG, ValueError)
 _one("fit", vaelib.fit, good, "valid", "data wider than the model", torch.cat([XB, XB], 1), ValueError)
 _table("fit", vaelib.fit, good, "valid", bad_tensors(XB))
+# beta, warmup_epochs and n_samples are shorthand for objective=ELBO(...): None means the default.
 for a in ("epochs", "batch_size", "n_samples", "patience"):
-    _table("fit", vaelib.fit, {**good, "valid": XB}, a, bad_counts(optional=(a == "patience")))
+    _table("fit", vaelib.fit, {**good, "valid": XB}, a, bad_counts(optional=(a in ("patience", "n_samples"))))
 _table("fit", vaelib.fit, good, "seed", bad_counts(minimum=0))
 _table("fit", vaelib.fit, good, "lr", [*bad_reals(), ("zero number", 0.0, ValueError)])
-_table("fit", vaelib.fit, good, "beta", bad_reals())
-_table("fit", vaelib.fit, good, "warmup_epochs", bad_reals())
+_table("fit", vaelib.fit, good, "beta", bad_reals(optional=True))
+_table("fit", vaelib.fit, good, "warmup_epochs", bad_reals(optional=True))
 _one("fit", vaelib.fit, good, "lr_schedule", "unknown option", "linear", ValueError)
 _one("fit", vaelib.fit, good, "patience", "early stopping without validation data", 2, ValueError)
 _one("fit", vaelib.fit, good, "binarize", "string option", "yes", TypeError)
 _one("fit", vaelib.fit, {**good, "train": XG}, "binarize", "grey levels for a Bernoulli model", False, ValueError)
 _table("fit", vaelib.fit, good, "device", BAD_DEVICES)
 _one("fit", vaelib.fit, good, "n_samples", "absurd size", 10**15, ValueError)
+_table("fit", vaelib.fit, good, "objective", [("not an objective", "elbo", TypeError),
+                                              ("an objective class", objectives.ELBO, TypeError)])
+for a, value in (("beta", 1.0), ("warmup_epochs", 0.0), ("n_samples", 1)):  # even at their defaults
+    _one("fit", vaelib.fit, {**good, "objective": objectives.ELBO()}, a, "shorthand with objective=", value,
+         ValueError, says=("objective",))
+_one("fit", vaelib.fit, {**good, "objective": objectives.IWAE(2)}, "beta", "shorthand with objective=", 0.5,
+     ValueError)
+_add("fit", "free_bits", "free bits with a full-covariance posterior", ValueError,  # the objective's free_bits
+     lambda good=good: vaelib.fit(**{**good, "model": own_model(encoder=FullCovarianceEncoder())},
+                        objective=objectives.ELBO(free_bits=0.5)))
+_add("fit", "rsample", "a posterior without rsample", TypeError,
+     lambda good=good: vaelib.fit(**{**good, "model": own_model(encoder=BernoulliEncoder())}), says=("posterior",))
+_one("fit", vaelib.fit, good, "model", "a trainable parameter the objective never reaches",
+     own_model(prior=UnusedParameterPrior()), ValueError, says=("prior_module.unused",))
+_one("fit", vaelib.fit, {**good, "train": XG}, "model", "obs_logvar unused by a decoder with its own likelihood",
+     own_model(decoder=OwnLikelihoodDecoder(), likelihood="gaussian"), ValueError, says=("obs_logvar",))
+_one("fit", vaelib.fit, {**good, "model": TRAINED}, "lr", "continuing a run with another lr", 1e-2, ValueError,
+     says=("restart",))
+_one("fit", vaelib.fit, {**good, "model": TRAINED}, "objective", "continuing a run with another objective",
+     objectives.IWAE(2), ValueError)
+_one("fit", vaelib.fit, good, "restart", "string option", "yes", TypeError)
+_one("fit", vaelib.fit, good, "total_epochs", "a schedule length without a schedule", 3, ValueError)
+_table("fit", vaelib.fit, {**good, "lr_schedule": "cosine"}, "total_epochs", bad_counts(optional=True))
+_one("fit", vaelib.fit, good, "train", "not data", "abc", TypeError)
+_one("fit", vaelib.fit, good, "train", "batches that yield nothing", [], ValueError)
+_one("fit", vaelib.fit, good, "train", "context with one row too few", (XB, torch.zeros(4)), ValueError,
+     says=("context",))
+_one("fit", vaelib.fit, good, "train", "batches of the wrong size", [XB[:, :3]], ValueError)
+_one("fit", vaelib.fit, {**good, "lr_schedule": "cosine"}, "train", "batches without len() for a schedule",
+     iter([XB]), ValueError, says=("len()",))
+_one("fit", vaelib.fit, good, "train", "context for a model that takes none", (XB, torch.zeros(5)), TypeError,
+     says=("context",), bug=BUG_CONTEXT)
+_add("fit", "fit_state", "not a FitState", TypeError,
+     lambda good=good: vaelib.fit(**{**good, "model": WITH_BAD_FIT_STATE}), bug=BUG_FIT_STATE)
 
 # Checkpoints.
 good = {"model": BERN, "path": os.path.join(TMP, "m.pt")}
@@ -545,62 +682,299 @@ if hasattr(toy, "fit_gaussian_q"):
     _table("toy.fit_gaussian_q", toy.fit_gaussian_q, good, "lr", [*bad_reals(), ("zero number", 0.0, ValueError)])
 
 
-# Public callables with no bad inputs to try, and why.
-# Training once for several chapters, and the best Gaussian per image (chapter 7).
-import tempfile as _tempfile  # noqa: E402
-
-from vaelib import inference_gap as _posterior  # noqa: E402
-
-good = {"model": BERN, "train": XB, "epochs": 1, "progress": False, "cache_dir": _tempfile.mkdtemp()}
+# Training once for several chapters (chapters 6, 7).
+good = {"model": BERN, "train": XB, "epochs": 1, "progress": False, "cache_dir": tempfile.mkdtemp(dir=TMP)}
 _table("fit_cached", vaelib.fit_cached, good, "model", bad_models())
 _table("fit_cached", vaelib.fit_cached, good, "train", bad_tensors(XB))
 _table("fit_cached", vaelib.fit_cached, good, "epochs", bad_counts())
 _one("fit_cached", vaelib.fit_cached, good, "key", "not a string", 3, TypeError)
+_one("fit_cached", vaelib.fit_cached, good, "train", "batches from a DataLoader (no key to hash)",
+     torch.utils.data.DataLoader(XB, batch_size=2), TypeError)
+_one("fit_cached", vaelib.fit_cached, {**good, "model": own_model(prior=UnusedParameterPrior())}, "key",
+     "a model of one's own without key", None, ValueError)
+_one("fit_cached", vaelib.fit_cached, good, "objective", "not an objective", "elbo", TypeError)
+_add("fit_cached", "valid", "batches from a DataLoader (no key to hash)", TypeError,  # trains today: a fresh model
+     lambda good=good: vaelib.fit_cached(**{**good, "model": vaelib.VAE(6, 2, hidden=(4,), seed=0),
+                                            "valid": torch.utils.data.DataLoader(XB, batch_size=2)}),
+     bug=BUG_CACHE_ARGS)
+_one("fit_cached", vaelib.fit_cached, good, "cache_dir", "int path", 3, TypeError, bug=BUG_CACHE_ARGS)
 
+# The model's three distributions, and the distribution a decoder's tensor stands for.
+for model in (BERN, GAUSS):
+    name = model.likelihood_name
+    _table("VAE.posterior", lambda x, m=model: m.posterior(x), {"x": XB}, "x", bad_tensors(XB))
+    _one("VAE.posterior", lambda x, m=model: m.posterior(x), {"x": XB}, "x", f"float64 data ({name})", XB.double(),
+         TypeError)
+    z = torch.zeros(3, 2)
+    # Like decode, the likelihood passes NaN/inf codes through (a diverged encoder's loss must be non-finite).
+    _table("VAE.likelihood", lambda z, m=model: m.likelihood(z), {"z": z}, "z",
+           bad_tensors(z, rank=False, scalar=True, finite=False))
+    _one("VAE.likelihood", lambda z, m=model: m.likelihood(z), {"z": z}, "z", f"float64 codes ({name})", z.double(),
+         TypeError)
+    out = torch.zeros(3, 6)
+    _table("VAE.tensor_likelihood", lambda out, m=model: m.tensor_likelihood(out), {"out": out}, "out",
+           [("list", out.tolist(), TypeError), ("scalar", out[0, 0], ValueError),
+            ("wrong size", out[:, :-1], ValueError), ("int tensor", out.long(), TypeError),
+            (f"float64 data ({name})", out.double(), TypeError)], bug=BUG_TENSOR_LIKELIHOOD)
+_one("VAE.posterior", BERN.posterior, {"x": XB}, "c", "context for a model that takes none", torch.zeros(5),
+     TypeError, says=("context",), bug=BUG_CONTEXT)
+_one("VAE.likelihood", BERN.likelihood, {"z": torch.zeros(3, 2)}, "c", "context for a model that takes none",
+     torch.zeros(3), TypeError, says=("context",), bug=BUG_CONTEXT)
+# What a user's encoder, decoder and prior module return is checked, and named.
+for kind, make, expected, word in (
+        ("not a distribution nor a pair", lambda h: h, TypeError, "encode"),
+        ("not a distribution nor a pair", lambda h: (h, h, h), TypeError, "encode"),
+        ("wrong output shape", lambda h: (h[:, :1], h), ValueError, "mu"),
+        ("float64 for a float32 model", lambda h: (h.double(), h), TypeError, "mu")):
+    _add("VAE.posterior", word, kind, expected, lambda m=own_model(encoder=Returns(6, 2, make)): m.posterior(XB))
+_add("elbo", "posterior", "wrong event shape", ValueError,
+     lambda m=own_model(encoder=Returns(6, 3, lambda h: torch.distributions.Normal(h, 1.0))): vaelib.elbo(m, XB))
+_add("VAE.prior", "prior", "not a distribution", TypeError,
+     lambda m=own_model(prior=Returns(1, 2, lambda w: w)): m.prior())
+_add("elbo", "prior", "wrong event shape", ValueError,
+     lambda m=own_model(prior=Returns(1, 3, lambda w: vdist.StandardNormal(3))): vaelib.elbo(m, XB))
+_add("VAE.likelihood", "decode", "wrong output shape", ValueError,
+     lambda m=own_model(decoder=Returns(2, 5, lambda o: o)): m.likelihood(torch.zeros(3, 2)))
+_add("VAE.likelihood", "decode", "float64 for a float32 model", TypeError,
+     lambda m=own_model(decoder=Returns(2, 6, lambda o: o.double())): m.likelihood(torch.zeros(3, 2)))
+_add("VAE.likelihood", "decode", "not a distribution nor a tensor", TypeError,
+     lambda m=own_model(decoder=Returns(2, 6, lambda o: (o, o))): m.likelihood(torch.zeros(3, 2)),
+     bug=BUG_DECODE_OUTPUT)
+_add("VAE.likelihood", "likelihood", "wrong event shape", ValueError,
+     lambda m=own_model(decoder=Returns(2, 6, lambda o: torch.distributions.Normal(o[:, :5], 1.0))): m.likelihood(
+         torch.zeros(3, 2)), bug=BUG_DECODE_OUTPUT)
+_add("elbo", "decode", "wrong event shape", ValueError,  # S samples of z: the likelihood is viewed as (S, batch)
+     lambda m=own_model(decoder=Returns(2, 6, lambda o: torch.distributions.Normal(o[:, :5], 1.0))): vaelib.elbo(m, XB),
+     bug=BUG_DECODE_OUTPUT)
+for api, fn in (("elbo", lambda model: vaelib.elbo(model, XB)),
+                ("iwae_bound", lambda model: vaelib.iwae_bound(model, XB, 2)),
+                ("log_likelihood", lambda model: vaelib.log_likelihood(model, XB, 2))):
+    _add(api, "rsample", "a posterior without rsample", TypeError,
+         lambda fn=fn, m=own_model(encoder=BernoulliEncoder()): fn(m), says=("posterior",))
+
+# vaelib.distributions: parameters come from networks and are not checked for NaN (on the hot path), but
+# their types and shapes are.
+LOC = torch.zeros(5, 2)
+good = {"loc": LOC, "logvar": torch.zeros(5, 2)}
+for a in ("loc", "logvar"):
+    _table("distributions.DiagonalNormal", vdist.DiagonalNormal, good, a,
+           [("list", LOC.tolist(), TypeError), ("numpy array", LOC.numpy(), TypeError)])
+    _one("distributions.DiagonalNormal", vdist.DiagonalNormal, good, a, "int tensor", LOC.long(), TypeError,
+         bug=BUG_DISTRIBUTION_PARAMETERS)
+_one("distributions.DiagonalNormal", vdist.DiagonalNormal, good, "loc", "scalar", LOC[0, 0], ValueError)
+_add("distributions.DiagonalNormal", "logvar", "wrong event shape", ValueError,
+     lambda: vdist.DiagonalNormal(torch.zeros(5, 1), torch.zeros(5, 2)))  # logvar would widen loc's event
+_one("distributions.DiagonalNormal", vdist.DiagonalNormal, good, "logvar", "shapes that do not broadcast",
+     torch.zeros(4, 2), ValueError, bug=BUG_DISTRIBUTION_PARAMETERS)
+_one("distributions.DiagonalNormal", vdist.DiagonalNormal, good, "logvar", "dtype unlike loc's",
+     torch.zeros(5, 2, dtype=torch.float64), TypeError, bug=BUG_DISTRIBUTION_PARAMETERS)
+good = {"logits": torch.zeros(5, 6)}
+_table("distributions.BernoulliLogits", vdist.BernoulliLogits, good, "logits",
+       [("list", [0.0], TypeError), ("numpy array", np.zeros(6), TypeError)])
+_table("distributions.BernoulliLogits", vdist.BernoulliLogits, good, "logits",
+       [("scalar", torch.tensor(0.0), ValueError), ("int tensor", torch.zeros(5, 6, dtype=torch.long), TypeError)],
+       bug=BUG_DISTRIBUTION_PARAMETERS)
+good = {"size": 2, "dtype": None, "device": None, "batch_shape": ()}
+_table("distributions.StandardNormal", vdist.StandardNormal, good, "size", bad_counts(), bug=BUG_STANDARD_NORMAL)
+_table("distributions.StandardNormal", vdist.StandardNormal, good, "dtype",
+       [("int dtype", torch.int64, TypeError), ("string dtype", "float32", TypeError)], bug=BUG_STANDARD_NORMAL)
+_one("distributions.StandardNormal", vdist.StandardNormal, good, "device", "dtype device", torch.float32, TypeError)
+_one("distributions.StandardNormal", vdist.StandardNormal, good, "device", "unknown option", "nowhere", ValueError,
+     bug=BUG_STANDARD_NORMAL)
+_one("distributions.StandardNormal", vdist.StandardNormal, good, "batch_shape", "negative count", (-1,), ValueError,
+     bug=BUG_STANDARD_NORMAL)
+DIST = {"DiagonalNormal": vdist.DiagonalNormal(LOC, torch.zeros(5, 2)), "StandardNormal": vdist.StandardNormal(2),
+        "BernoulliLogits": vdist.BernoulliLogits(torch.zeros(5, 6))}
+for cls, dist in DIST.items():
+    for method in ("rsample", "sample"):
+        if method not in vars(type(dist)) or (cls == "BernoulliLogits" and method == "rsample"):
+            continue
+        api, fn = f"distributions.{cls}.{method}", getattr(dist, method)
+        good = {"sample_shape": (2,), "generator": None}
+        _table(api, fn, good, "generator", bad_generators())
+        _table(api, fn, good, "sample_shape",
+               [("negative count", (-1,), ValueError), ("string option", "ab", TypeError)], bug=BUG_SHAPES)
+    _table(f"distributions.{cls}.expand", dist.expand, {"batch_shape": (5,)}, "batch_shape",
+           [("negative count", (-1,), ValueError), ("string option", "ab", TypeError)]
+           + ([("shapes that do not broadcast", (4,), ValueError)] if cls != "StandardNormal" else []), bug=BUG_SHAPES)
+BASE = vdist.BernoulliLogits(torch.zeros(6, 6))
+good = {"base": BASE, "batch_shape": (2, 3)}
+_add("distributions.Unflattened", "batch shape", "wrong size", ValueError, lambda: vdist.Unflattened(BASE, (2, 2)))
+_table("distributions.Unflattened", vdist.Unflattened, good, "base",
+       [("not a distribution", "posterior", TypeError), ("a tensor, not a distribution", torch.zeros(6, 6), TypeError)],
+       bug=BUG_DISTRIBUTION_FUNCTIONS)
+UNFLAT = vdist.Unflattened(BASE, (2, 3))
+UNFLAT_NORMAL = vdist.Unflattened(vdist.DiagonalNormal(torch.zeros(6, 2), torch.zeros(6, 2)), (2, 3))
+_one("distributions.Unflattened.log_prob", UNFLAT.log_prob, {}, "value", "grey levels for a Bernoulli model",
+     torch.full((3, 6), 0.5), ValueError, says=("binary",))
+_one("distributions.Unflattened.log_prob", UNFLAT_NORMAL.log_prob, {}, "value", "NaN", torch.full((3, 2), math.nan),
+     ValueError)
+_table("distributions.Unflattened.log_prob", UNFLAT.log_prob, {}, "value",
+       [("list", [[0.0] * 6], TypeError), ("wrong size", torch.zeros(3, 5), ValueError),
+        ("shapes that do not broadcast", torch.zeros(4, 6), ValueError)], bug=BUG_DISTRIBUTION_FUNCTIONS)
+_add("distributions.Unflattened.rsample", "rsample", "a family without rsample", TypeError,
+     lambda: UNFLAT.rsample((2,)))
+for method in ("rsample", "sample"):
+    _table(f"distributions.Unflattened.{method}", getattr(UNFLAT_NORMAL, method), {"sample_shape": (2,)}, "generator",
+           bad_generators())
+good = {"dist": DIST["DiagonalNormal"], "event_size": 2}
+_one("distributions.as_event", vdist.as_event, good, "dist", "not a distribution", "posterior", TypeError,
+     bug=BUG_DISTRIBUTION_FUNCTIONS)
+_table("distributions.as_event", vdist.as_event, good, "event_size", [("string count", "2", TypeError),
+                                                                      ("negative count", -1, ValueError)],
+       bug=BUG_DISTRIBUTION_FUNCTIONS)
+TORCH_NORMAL = torch.distributions.Normal(LOC, 1.0)
+good = {"dist": TORCH_NORMAL, "sample_shape": (2,), "generator": None}
+_add("distributions.draw", "rsample", "a family without rsample", TypeError,
+     lambda: vdist.draw(torch.distributions.Bernoulli(probs=torch.full((3,), 0.5)), (2,)))
+_one("distributions.draw", vdist.draw, good, "dist", "not a distribution", "posterior", TypeError,
+     bug=BUG_DISTRIBUTION_FUNCTIONS)
+_table("distributions.draw", vdist.draw, {**good, "dist": DIST["DiagonalNormal"]}, "generator", bad_generators())
+_table("distributions.draw", vdist.draw, good, "generator", bad_generators(), bug=BUG_DISTRIBUTION_FUNCTIONS)  # torch's
+_one("distributions.draw", vdist.draw, good, "sample_shape", "negative count", (-1,), ValueError, bug=BUG_SHAPES)
+_one("distributions.draw", vdist.draw, good, "reparameterized", "string option", "no", TypeError,
+     bug=BUG_DISTRIBUTION_FUNCTIONS)
+for api, fn in (("distributions.kl", vdist.kl), ("distributions.kl_per_dimension", vdist.kl_per_dimension)):
+    good = {"q": DIST["DiagonalNormal"], "p": DIST["StandardNormal"]}
+    _table(api, fn, good, "p", [("not a distribution", "prior", TypeError)], bug=BUG_DISTRIBUTION_FUNCTIONS)
+    _table(api, fn, good, "q", [("not a distribution", "posterior", TypeError)], bug=BUG_DISTRIBUTION_FUNCTIONS)
+    _table(api, fn, good, "p", [("wrong event shape", vdist.StandardNormal(3), ValueError),
+                                ("shapes that do not broadcast", vdist.DiagonalNormal(torch.zeros(4, 2),
+                                                                                       torch.zeros(4, 2)), ValueError)],
+           bug=BUG_KL_SHAPES)
+good = {"dist": DIST["DiagonalNormal"], "value": LOC}
+_one("distributions.log_prob", vdist.log_prob, good, "dist", "not a distribution", "posterior", TypeError,
+     bug=BUG_DISTRIBUTION_FUNCTIONS)
+_table("distributions.log_prob", vdist.log_prob, good, "value",
+       [("list", LOC.tolist(), TypeError), ("wrong size", torch.zeros(5, 3), ValueError)],
+       bug=BUG_DISTRIBUTION_FUNCTIONS)
+FLOW = torch.distributions.TransformedDistribution(torch.distributions.Normal(torch.zeros(2), 1.0),
+                                                   [torch.distributions.ExpTransform()])  # a mean only from draws
+good = {"dist": FLOW, "generator": None, "n_samples": 10}
+_one("distributions.mean", vdist.mean, good, "dist", "not a distribution", "posterior", TypeError,
+     bug=BUG_DISTRIBUTION_FUNCTIONS)
+_table("distributions.mean", vdist.mean, good, "n_samples", [("zero count", 0, ValueError),
+                                                             ("negative count", -1, ValueError)],
+       bug=BUG_DISTRIBUTION_FUNCTIONS)
+_table("distributions.mean", vdist.mean, good, "generator", bad_generators(), bug=BUG_DISTRIBUTION_FUNCTIONS)
+
+# vaelib.objectives: what fit maximises.
+for a in ("beta", "warmup_epochs", "free_bits"):
+    _table("objectives.ELBO", objectives.ELBO, {}, a, bad_reals())
+_table("objectives.ELBO", objectives.ELBO, {}, "n_samples", [*bad_counts(), ("absurd size", 10**15, ValueError)])
+for cls in (objectives.IWAE, objectives.DReG):
+    _table(f"objectives.{cls.__name__}", cls, {}, "k", [*bad_counts(), ("absurd size", 10**15, ValueError)])
+WARM = objectives.ELBO(beta=1.0, warmup_epochs=2.0)
+good = {"step": 3, "steps_per_epoch": 4}
+_table("objectives.ELBO.beta_at", WARM.beta_at, good, "step", bad_counts(minimum=0), bug=BUG_BETA_AT)
+_table("objectives.ELBO.beta_at", WARM.beta_at, good, "steps_per_epoch", bad_counts(), bug=BUG_BETA_AT)
+
+# vaelib.inference_gap: the best Gaussian per image (chapter 7).
 good = {"model": BERN, "x": XB}
-_table("posterior.encoder_gaussian", _posterior.encoder_gaussian, good, "model", bad_models())
-_table("posterior.encoder_gaussian", _posterior.encoder_gaussian, good, "x", bad_tensors(XB))
+_table("inference_gap.encoder_gaussian", inference_gap.encoder_gaussian, good, "model", bad_models())
+_table("inference_gap.encoder_gaussian", inference_gap.encoder_gaussian, good, "x", bad_tensors(XB))
+_add("inference_gap.encoder_gaussian", "posterior", "a posterior that is not Gaussian", TypeError,
+     lambda m=own_model(encoder=BernoulliEncoder()): inference_gap.encoder_gaussian(m, XB), says=("init=",))
 good = {"model": BERN, "x": XB, "steps": 2}
-_table("posterior.fit_gaussian", _posterior.fit_gaussian, good, "model", bad_models())
-_table("posterior.fit_gaussian", _posterior.fit_gaussian, good, "x", bad_tensors(XB))
-_table("posterior.fit_gaussian", _posterior.fit_gaussian, good, "steps", bad_counts())
-_table("posterior.fit_gaussian", _posterior.fit_gaussian, good, "n_samples", bad_counts())
-_table("posterior.fit_gaussian", _posterior.fit_gaussian, good, "lr", [*bad_reals(), ("zero number", 0.0, ValueError)])
-_one("posterior.fit_gaussian", _posterior.fit_gaussian, good, "covariance", "unknown family", "banded", ValueError)
-_Q = _posterior.encoder_gaussian(BERN, XB)
-for _name, _fn in (("posterior.gaussian_elbo", _posterior.gaussian_elbo),
-                   ("posterior.gaussian_log_likelihood", _posterior.gaussian_log_likelihood)):
-    good = {"model": BERN, "x": XB, "q": _Q}
-    _table(_name, _fn, good, "model", bad_models())
-    _table(_name, _fn, good, "x", bad_tensors(XB))
-    _one(_name, _fn, good, "q", "not a Gaussian", (_Q.mu, _Q.log_std), TypeError)
-    _one(_name, _fn, good, "q", "one row too few", _posterior.Gaussian(_Q.mu[1:], _Q.log_std[1:]), ValueError)
-    _one(_name, _fn, good, "q", "NaN mean", _posterior.Gaussian(_Q.mu * math.nan, _Q.log_std), ValueError)
+_table("inference_gap.fit_gaussian", inference_gap.fit_gaussian, good, "model", bad_models())
+_table("inference_gap.fit_gaussian", inference_gap.fit_gaussian, good, "x", bad_tensors(XB))
+_one("inference_gap.fit_gaussian", inference_gap.fit_gaussian, good, "x", "grey levels for a Bernoulli model", XG,
+     ValueError, says=("binary",))
+_table("inference_gap.fit_gaussian", inference_gap.fit_gaussian, good, "steps", bad_counts())
+_table("inference_gap.fit_gaussian", inference_gap.fit_gaussian, good, "n_samples",
+       [*bad_counts(), ("absurd size", 10**15, ValueError)])
+_table("inference_gap.fit_gaussian", inference_gap.fit_gaussian, good, "seed", bad_counts(minimum=0))
+_table("inference_gap.fit_gaussian", inference_gap.fit_gaussian, good, "lr", [*bad_reals(), ("zero number", 0.0,
+                                                                                            ValueError)])
+_one("inference_gap.fit_gaussian", inference_gap.fit_gaussian, good, "covariance", "unknown family", "banded",
+     ValueError)
+_Q = inference_gap.encoder_gaussian(BERN, XB)
+_one("inference_gap.fit_gaussian", inference_gap.fit_gaussian, good, "init", "not a Gaussian", (_Q.mu, _Q.log_std),
+     TypeError, bug=BUG_INIT_NAME)
+_one("inference_gap.fit_gaussian", inference_gap.fit_gaussian, good, "init", "one row too few",
+     inference_gap.Gaussian(_Q.mu[1:], _Q.log_std[1:]), ValueError, bug=BUG_INIT_NAME)
+# (n_samples and k of the two scorers have no bound on memory: an absurd count is not tried here; see
+# BUG_SCORER_COUNTS, reported rather than run, as it would exhaust the memory of the machine.)
+for api, count in (("inference_gap.gaussian_elbo", "n_samples"), ("inference_gap.gaussian_log_likelihood", "k")):
+    fn = getattr(inference_gap, api.split(".")[1])
+    good = {"model": BERN, "x": XB, "q": _Q, count: 4, "generator": None}
+    _table(api, fn, good, "model", bad_models())
+    _table(api, fn, good, "x", bad_tensors(XB))
+    _one(api, fn, good, "x", "grey levels for a Bernoulli model", XG, ValueError, says=("binary",))
+    _one(api, fn, good, "q", "not a Gaussian", (_Q.mu, _Q.log_std), TypeError)
+    _one(api, fn, good, "q", "one row too few", inference_gap.Gaussian(_Q.mu[1:], _Q.log_std[1:]), ValueError)
+    _one(api, fn, good, "q", "NaN mean", inference_gap.Gaussian(_Q.mu * math.nan, _Q.log_std), ValueError)
+    _one(api, fn, good, "q", "float64 for a float32 model", inference_gap.Gaussian(_Q.mu.double(), _Q.log_std.double()),
+         TypeError)
+    _one(api, fn, good, "q", "wrong rank", inference_gap.Gaussian(_Q.mu, _Q.log_std, torch.zeros(5, 2)), ValueError)
+    _table(api, fn, good, count, [*bad_counts(), ("one sample (no standard error)", 1, ValueError)])
+    _table(api, fn, good, "generator", bad_generators())
+EPS = torch.zeros(3, 5, 2)
+for method in ("rsample", "log_prob_of"):
+    for q in (_Q, inference_gap.Gaussian(_Q.mu, _Q.log_std, torch.zeros(5, 2, 2))):
+        _table(f"inference_gap.Gaussian.{method}", getattr(q, method), {"eps": EPS}, "eps",
+               [("list", EPS.tolist(), TypeError), ("wrong size", EPS[..., :1], ValueError),
+                ("wrong rank", EPS[0], ValueError), ("rows unlike x's", EPS[:, :4], ValueError)],
+               bug=BUG_GAUSSIAN_EPS)
 
+# vaelib.folding: log_likelihood's fast path for the built-in MLP with one hidden layer.
+_table("folding.FoldedDecoder", folding.FoldedDecoder, {}, "model",
+       [*bad_models(), ("a nonlinear Gaussian VAE", vaelib.VAE(6, 2, hidden=(4, 4), seed=0), ValueError)],
+       bug=BUG_FOLDING)
+FOLDER = folding.FoldedDecoder(BERN)
+_QB = BERN.posterior(XB)
+_PLAN = FOLDER.plans(_QB.loc, _QB.logvar)[0]
+_ZK = torch.zeros(7, 2)
+_table("folding.FoldedDecoder.plans", FOLDER.plans, {"mu": _QB.loc, "logvar": _QB.logvar}, "mu",
+       [("list", _QB.loc.tolist(), TypeError), ("wrong size", _QB.loc[:, :1], ValueError)], says=("mu must",),
+       bug=BUG_FOLDING)  # ("mu" alone is in torch's "must")
+_table("folding.FoldedDecoder.decode", FOLDER.decode, {"z": _ZK, "plan": _PLAN}, "z",
+       [("list", _ZK.tolist(), TypeError), ("wrong size", _ZK[:, :1], ValueError)], bug=BUG_FOLDING)
+_table("folding.FoldedDecoder.log_px_z", FOLDER.log_px_z, {"x": XB[:1], "z": _ZK, "plan": _PLAN}, "x",
+       [("wrong size", XB[:1, :5], ValueError), ("grey levels for a Bernoulli model", XG[:1], ValueError)],
+       bug=BUG_FOLDING)
+good = {"model": BERN, "x": XB, "k": 20, "k_chunk": 10, "generator": None}
+_table("folding.folded_log_likelihood", folding.folded_log_likelihood, good, "model", bad_models(), bug=BUG_FOLDING)
+_table("folding.folded_log_likelihood", folding.folded_log_likelihood, good, "x",
+       [("list", XB.tolist(), TypeError), ("grey levels for a Bernoulli model", XG, ValueError)], bug=BUG_FOLDING)
+for a in ("k", "k_chunk"):
+    _table("folding.folded_log_likelihood", folding.folded_log_likelihood, good, a,
+           [("zero count", 0, ValueError), ("negative count", -1, ValueError)], bug=BUG_FOLDING)
+_table("folding.folded_log_likelihood", folding.folded_log_likelihood, good, "generator", bad_generators())
+
+
+# Public callables with no bad inputs to try, and why.
 EXEMPT = {
     "ActiveUnits": "result container built by active_units()",
     "ELBOTerms": "result container built by elbo()",
+    "ELBOTerms.detach": "no arguments",
+    "FitState": "result container (a dataclass) that fit() keeps on the model; fit() checks what it finds there",
     "GradientSamples": "result container (a NamedTuple) built by the gradient estimators",
     "History": "result container built by fit()",
     "TrainingDivergedError": "exception class",
     "VAE.extra_repr": "nn.Module's repr hook, no arguments",
     "data.load_digits_8x8": "no arguments",
     "data.Digits.subset": "indexes like a tensor: a bad index is torch's own IndexError",
+    "distributions.DiagonalNormal.entropy": "no arguments",
+    "distributions.StandardNormal.entropy": "no arguments",
+    "distributions.BernoulliLogits.entropy": "no arguments",
+    "distributions.BernoulliLogits.rsample": "always raises NotImplementedError, torch.distributions' answer for a "
+                                             "family with has_rsample False (draw() turns it into a TypeError)",
+    "objectives.Step": "result container (a NamedTuple) returned by an objective",
     "toy.GaussianFit": "result container built by fit_gaussian_q()",
     "toy.LinearGaussian.marginal": "no arguments",
-    "posterior.Gaussian": "result container built by fit_gaussian() and encoder_gaussian()",
-    "posterior.Gaussian.detach": "no arguments",
-    "posterior.Gaussian.entropy": "no arguments",
-    "posterior.Gaussian.log_prob_of": "tensor arithmetic on its own fields; the public scorers validate q",
-    "posterior.Gaussian.rsample": "tensor arithmetic on its own fields; the public scorers validate q",
+    "inference_gap.Gaussian": "result container built by fit_gaussian() and encoder_gaussian()",
+    "inference_gap.Gaussian.detach": "no arguments",
+    "inference_gap.Gaussian.entropy": "no arguments",
 }
 
 
 def public_callables() -> set[str]:
     """Every public function, class and public method reachable from ``vaelib.__all__``.
 
-    The names of ``vaelib.__all__``; for each module among them (``toy``, ``data``, ``plot``), the public
-    callables defined in that module (not those it imports); for each class, its own public methods.
+    The names of ``vaelib.__all__``; for each module among them (``toy``, ``data``, ``plot``, ...), the public
+    callables defined in that module (not those it imports); for each class, its own public methods
+    (functions and classmethods: not properties nor staticmethods).
     """
     found: set[str] = set()
 
@@ -655,14 +1029,41 @@ def _outcome(case: Case) -> str:
             return f"{type(err).__name__} instead of {case.expected.__name__}: {err}"
         if case.arg not in str(err):
             return f"{type(err).__name__} without the argument's name: {err}"
+        missing = [word for word in case.says if word not in str(err)]
+        if missing:
+            return f"{type(err).__name__} without {missing}: {err}"
         return "ok"
     except Exception as err:  # noqa: BLE001 - any other exception is the failure being looked for
         return f"crash: {type(err).__name__}: {err}"
     return "no error"
 
 
+def test_fit_shorthand_none_means_the_default():
+    """beta, warmup_epochs and n_samples are shorthand for objective=ELBO(...): None means ELBO's default."""
+    runs = []
+    for kwargs in ({}, {"beta": None, "warmup_epochs": None, "n_samples": None}, {"objective": objectives.ELBO()},
+                   {"beta": 1.0, "warmup_epochs": 0.0, "n_samples": 1}):
+        model = vaelib.VAE(6, 2, hidden=(4,), seed=0)
+        vaelib.fit(model, XB, 2, batch_size=2, progress=False, **kwargs)
+        runs.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+    assert all(torch.equal(runs[0], run) for run in runs[1:])
+
+
+def test_check_x_leaves_the_support_to_the_likelihood():
+    """check_x validates a tensor for the encoder; whether data are binary is the likelihood's question,
+    asked by the functions that score them (the cases 'grey levels for a Bernoulli model' above)."""
+    assert BERN.check_x(XG) is XG
+    with pytest.raises(ValueError, match="binary"):
+        vaelib.elbo(BERN, XG)
+
+
+def _param(case: Case):
+    marks = [pytest.mark.xfail(strict=True, reason=f"vaelib bug: {case.bug}")] if case.bug else []
+    return pytest.param(case, id=case.id, marks=marks)
+
+
 @pytest.mark.filterwarnings("ignore")
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", [_param(c) for c in CASES])
 def test_bad_input(case):
     outcome = _outcome(case)
     assert outcome == "ok", f"{case.api}({case.arg}=<{case.kind}>): {outcome}"
@@ -674,17 +1075,20 @@ _BROAD = {  # class of bad input -> the kinds of the table it holds
         "string number", "None number", "None model", "torch module model", "a VAE model", "int generator",
         "numpy generator", "int path", "None path", "bytes path", "not callable", "not a distribution",
         "int hidden", "string hidden", "float width", "int option", "int dtype", "string dtype", "function module", "int model",
-        "int module", "dtype device", "not a string", "not a Gaussian"},
+        "int module", "dtype device", "not a string", "not a Gaussian", "not an objective", "an objective class",
+        "not a distribution nor a pair", "not a distribution nor a tensor", "a tensor, not a distribution",
+        "not data", "not a FitState"},
     "float32/float64 data unlike the model's dtype": {
         "float64 data for a float32 model", "float64 data (bernoulli)", "float64 data (gaussian)",
         "float64 codes (bernoulli)", "float64 codes (gaussian)", "float32 codes for a float64 model",
         "float32 proposal for a float64 model",
-        "float32 for a float64 model", "float32 data for a float64 model", "dtype unlike W's"},
+        "float32 for a float64 model", "float32 data for a float64 model", "dtype unlike W's",
+        "float64 for a float32 model", "dtype unlike loc's"},
     "NaN or inf": {"NaN", "inf", "NaN number", "inf number", "NaN mean"},
     "wrong rank or shape": {"wrong rank", "wrong size", "scalar", "shapes that do not broadcast",
                             "shapes that broadcast too far",
                             "one latent dimension", "several data points", "wrong output shape", "wrong event shape",
-                            "one row too few"},
+                            "one row too few", "batches of the wrong size"},
     "empty batch": {"empty batch"},
     "float8, sparse or meta tensors; a device that holds no data here": {
         "float8 tensor", "sparse tensor", "meta tensor", "meta device", "unavailable device", "float16 tensor",
@@ -699,18 +1103,29 @@ _BROAD = {  # class of bad input -> the kinds of the table it holds
         "grey levels for a Bernoulli model", "values above 1", "negative values", "values outside [0, 1] to binarise"},
     "a model and data of different sizes": {
         "data wider than the model", "batch of z unlike x's", "batch of z unlike x's (bernoulli)",
-        "batch of z unlike x's (gaussian)", "rows unlike x's", "a model with z_dim=3", "a Bernoulli VAE"},
+        "batch of z unlike x's (gaussian)", "rows unlike x's", "a model with z_dim=3", "a Bernoulli VAE",
+        "context with one row too few"},
     "unknown option or impossible setting": {
         "unknown option", "None option", "string option", "unknown family", "early stopping without validation data", "missing folder",
         "not differentiable", "not positive definite", "not symmetric", "hidden with both modules given",
         "data in an exact subspace",
         "one bit flipped in a tensor", "gzip bomb", "corrupt deflate data",
-        "a nonlinear Gaussian VAE"},
+        "a nonlinear Gaussian VAE", "shorthand with objective=", "a posterior without rsample",
+        "a family without rsample", "free bits with a full-covariance posterior",
+        "a trainable parameter the objective never reaches", "obs_logvar unused by a decoder with its own likelihood",
+        "continuing a run with another lr", "continuing a run with another objective",
+        "a schedule length without a schedule", "batches that yield nothing", "batches without len() for a schedule",
+        "batches from a DataLoader (no key to hash)", "a model of one's own without key",
+        "a posterior that is not Gaussian", "context for a model that takes none"},
 }
 
 
 def broad_class(kind: str) -> str:
     return next((name for name, kinds in _BROAD.items() if kind in kinds), f"unclassified: {kind}")
+
+
+#: The class of every case that exposes a known vaelib bug, whatever its kind of bad input.
+KNOWN_BUGS = "known vaelib bugs (expected failures until fixed)"
 
 
 def summary(broad: bool = True) -> tuple[int, dict[str, Counter]]:
@@ -719,16 +1134,20 @@ def summary(broad: bool = True) -> tuple[int, dict[str, Counter]]:
     for case in CASES:
         outcome = _outcome(case)
         ended = case.expected.__name__ if outcome == "ok" else outcome.split(":")[0]
-        key = broad_class(case.kind) if broad else case.kind
+        key = KNOWN_BUGS if case.bug else broad_class(case.kind) if broad else case.kind
         by_kind.setdefault(key, Counter())[ended] += 1
     return len(CASES), by_kind
 
 
 def _report(total: int, by_kind: dict[str, Counter]) -> str:
     lines = [f"{total} bad inputs tried on {len({c.api for c in CASES})} public callables; how each class ended:"]
-    for kind, counts in sorted(by_kind.items(), key=lambda kv: -sum(kv[1].values())):
+    for kind, counts in sorted(by_kind.items(), key=lambda kv: (kv[0] == KNOWN_BUGS, -sum(kv[1].values()))):
         lines.append(f"  {sum(counts.values()):4d}  {kind:<60} " + ", ".join(
             f"{n} {e}" for e, n in sorted(counts.items())))
+    bugs = Counter(c.bug for c in CASES if c.bug)
+    if bugs:
+        lines.append(f"the {len(bugs)} known vaelib bugs, with the number of cases each fails:")
+        lines += [f"  {n:4d}  {bug}" for bug, n in bugs.items()]
     return "\n".join(lines)
 
 
@@ -736,9 +1155,15 @@ def _report(total: int, by_kind: dict[str, Counter]) -> str:
 def test_summary():
     """Every bad input ended in ValueError or TypeError (run with -s, or run this file, to see the tally)."""
     total, by_kind = summary()
-    assert total >= 800
+    assert total >= 1600  # 1,336 before vaelib spoke distributions; 1,600 and more since (new API, its bugs)
+    bugs = by_kind.pop(KNOWN_BUGS, Counter())
     assert all(set(c) <= {"ValueError", "TypeError"} for c in by_kind.values()), by_kind
     assert all(k in _BROAD for k in by_kind), sorted(set(by_kind) - set(_BROAD))
+    # A known bug's case ends otherwise (test_bad_input holds it to that: xfail, strict).
+    assert sum(bugs.values()) == sum(1 for c in CASES if c.bug)
+    # No case may train the shared models (a known bug's case that trains today builds its own).
+    assert BERN.fit_state is None and GAUSS.fit_state is None
+    assert all(c.kind in set().union(*_BROAD.values()) for c in CASES if c.bug), "classify every kind in _BROAD"
     print("\n" + _report(total, by_kind))
 
 

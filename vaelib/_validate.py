@@ -165,3 +165,20 @@ def check_path(name: str, value: object) -> str:
     if not isinstance(path, str):
         raise TypeError(f"{name} must be a str path, got {type(path).__name__}")
     return path
+
+
+def check_device(device: object) -> torch.device:
+    """``device`` as a ``torch.device`` that holds data here (a ``str`` or a device, never a dtype)."""
+    if isinstance(device, torch.dtype) or not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a torch.device or a str such as 'cpu', got {device!r}")
+    try:
+        device = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device {device!r} is not a device: {err}") from err
+    if device.type == "meta":
+        raise ValueError("device 'meta' holds shapes but no values: moving a model there would erase it")
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as err:  # e.g. CUDA asked for on a machine without it
+        raise ValueError(f"device {str(device)!r} is not available here: {str(err).splitlines()[0]}") from err
+    return device

@@ -50,7 +50,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor
 
-from ._validate import check_tensor
+from ._validate import check_path, check_tensor
 from .checkpoint import load, save
 from .data import Digits
 from .model import VAE, has_builtin_architecture
@@ -119,6 +119,8 @@ def cache_dir() -> Path:
 
 
 def _cache_dir(cache_dir: str | os.PathLike[str] | None) -> Path:
+    if cache_dir is not None:
+        cache_dir = check_path("cache_dir", cache_dir)
     if cache_dir is None:
         cache_dir = os.environ.get("VAELIB_CACHE") or Path(
             os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -157,7 +159,7 @@ def _key(model: VAE, train: Tensor | Digits, epochs: int, key: str | None, fit_k
     arguments = {"epochs": epochs, **fit_kwargs}
     for name in sorted(arguments):
         value = arguments[name]
-        if isinstance(value, (Tensor, Digits, tuple)):
+        if name == "valid" or isinstance(value, (Tensor, Digits, tuple)):
             _add_data(add, f"argument {name}", value)
         else:
             add(f"argument {name}", repr(value).encode())
@@ -169,6 +171,9 @@ def _add_data(add: Any, label: str, data: Any) -> None:
     if isinstance(data, tuple) and len(data) == 2 and isinstance(data[1], Tensor):  # (x, c): data and context
         _add_data(add, f"{label} x", data[0])
         _add_tensor(add, f"{label} c", data[1])
+        return
+    if data is None and label == "argument valid":
+        add(label, b"None")
         return
     if not isinstance(data, (Tensor, Digits)) and label in ("train", "argument valid"):
         raise TypeError(

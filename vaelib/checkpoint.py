@@ -375,7 +375,7 @@ def _rebuild(path: str, config: dict[str, Any], state: dict[str, Tensor]) -> VAE
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path} holds an invalid model configuration {config}: {err}") from err
     _check_tensors(path, skeleton.state_dict(), state, f"the architecture {config}", dtypes=False)
-    model = VAE(**config)
+    model = VAE(**config, seed=0)  # seeded in a forked generator: loading leaves PyTorch's global one alone
     dtypes = {t.dtype for t in state.values()}
     if len(dtypes) == 1 and next(iter(dtypes)).is_floating_point:
         model.to(next(iter(dtypes)))  # a float64 model comes back as float64, not rounded to float32

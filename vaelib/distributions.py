@@ -32,11 +32,43 @@ from torch.distributions import (Categorical, Distribution, Independent, Multiva
                                  register_kl)
 from torch.distributions import kl_divergence
 
-from ._validate import _is_binary
+from ._validate import _is_binary, check_count, check_generator, check_int, check_tensor
 from .densities import LOG_2PI, _log_normal
 from .kl import _gaussian_kl, _kl_normal
 
 _Shape = Sequence[int] | torch.Size
+
+
+def _check_shape(name: str, shape: object) -> torch.Size:
+    """``shape`` as a ``torch.Size``: a sequence of integers ``>= 0`` (a ``TypeError``/``ValueError`` naming it)."""
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, (Sequence, torch.Size)):
+        raise TypeError(f"{name} must be a sequence of sizes such as (4,), got {type(shape).__name__}")
+    return torch.Size(check_int(f"{name}[{i}]", n, minimum=0) for i, n in enumerate(shape))
+
+
+def _check_distribution(name: str, dist: object) -> Distribution:
+    if not isinstance(dist, Distribution):
+        raise TypeError(f"{name} must be a torch.distributions.Distribution, got {type(dist).__name__}")
+    return dist
+
+
+def _check_float_tensor(name: str, t: object) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    return t
+
+
+def _expand_shape(d: Distribution, batch_shape: object) -> torch.Size:
+    """``batch_shape`` checked, and that ``d``'s batch shape broadcasts to it."""
+    shape = _check_shape("batch_shape", batch_shape)
+    try:
+        if torch.broadcast_shapes(d.batch_shape, shape) != shape:
+            raise RuntimeError
+    except RuntimeError:
+        raise ValueError(f"batch_shape {tuple(shape)} is not a broadcast of the batch shape {tuple(d.batch_shape)}") from None
+    return shape
 
 
 def _default_validate(validate_args: bool | None) -> bool:
@@ -55,8 +87,7 @@ class _Vaelib(Distribution):
         self._validate_args = _default_validate(validate_args)
 
     def _check_value(self, value: Tensor) -> None:
-        if not isinstance(value, Tensor):
-            raise TypeError(f"value must be a torch.Tensor, got {type(value).__name__}")
+        check_tensor("value", value, finite=False, nonempty=False)
         if value.dim() < 1 or value.shape[-1] != self.event_shape[-1]:
             raise ValueError(
                 f"value must have last dimension {self.event_shape[-1]} (the event shape {tuple(self.event_shape)}), "
@@ -75,6 +106,10 @@ class _Vaelib(Distribution):
     def sample(self, sample_shape: _Shape = torch.Size(), generator: torch.Generator | None = None) -> Tensor:
         with torch.no_grad():
             return self.rsample(sample_shape, generator)
+
+    def _draw_shape(self, sample_shape: object, generator: object) -> torch.Size:
+        check_generator("generator", generator)
+        return self._extended_shape(_check_shape("sample_shape", sample_shape))
 
 
 class DiagonalNormal(_Vaelib):
@@ -95,11 +130,16 @@ class DiagonalNormal(_Vaelib):
     has_rsample = True
 
     def __init__(self, loc: Tensor, logvar: Tensor, validate_args: bool | None = None) -> None:
-        if not (isinstance(loc, Tensor) and isinstance(logvar, Tensor)):
-            raise TypeError("loc and logvar must be torch.Tensors")
+        _check_float_tensor("loc", loc)
+        _check_float_tensor("logvar", logvar)
+        if logvar.dtype != loc.dtype:
+            raise TypeError(f"logvar must have loc's dtype {loc.dtype}, got {logvar.dtype}")
         if loc.dim() < 1:
             raise ValueError("loc must have at least one dimension (the event)")
-        shape = loc.shape if logvar.shape == loc.shape else torch.broadcast_shapes(loc.shape, logvar.shape)
+        try:
+            shape = loc.shape if logvar.shape == loc.shape else torch.broadcast_shapes(loc.shape, logvar.shape)
+        except RuntimeError:
+            raise ValueError(f"logvar {tuple(logvar.shape)} does not broadcast with loc {tuple(loc.shape)}") from None
         if shape[-1] != loc.shape[-1]:
             raise ValueError(f"logvar {tuple(logvar.shape)} must not widen the event of loc {tuple(loc.shape)}")
         self.loc, self.logvar = loc, logvar
@@ -123,11 +163,11 @@ class DiagonalNormal(_Vaelib):
         return torch.exp(0.5 * self.logvar).expand(self.batch_shape + self.event_shape)
 
     def expand(self, batch_shape: _Shape, _instance: object = None) -> "DiagonalNormal":
-        shape = torch.Size(batch_shape) + self.event_shape
+        shape = _expand_shape(self, batch_shape) + self.event_shape
         return DiagonalNormal(self.loc.expand(shape), self.logvar.expand(shape), self._validate_args)
 
     def rsample(self, sample_shape: _Shape = torch.Size(), generator: torch.Generator | None = None) -> Tensor:
-        shape = self._extended_shape(torch.Size(sample_shape))
+        shape = self._draw_shape(sample_shape, generator)
         eps = torch.randn(shape, generator=generator, device=self.loc.device, dtype=self.loc.dtype)
         return self.loc + torch.exp(0.5 * self.logvar) * eps
 
@@ -154,9 +194,14 @@ class StandardNormal(_Vaelib):
 
     def __init__(self, size: int, dtype: torch.dtype | None = None, device: torch.device | str | None = None,
                  batch_shape: _Shape = torch.Size(), validate_args: bool | None = None) -> None:
+        size = check_int("size", size)
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
         self.dtype = torch.get_default_dtype() if dtype is None else dtype
-        self.device = torch.device("cpu") if device is None else torch.device(device)
-        super().__init__(torch.Size(batch_shape), torch.Size([int(size)]), validate_args)
+        from ._validate import check_device
+
+        self.device = torch.device("cpu") if device is None else check_device(device)
+        super().__init__(_check_shape("batch_shape", batch_shape), torch.Size([size]), validate_args)
 
     @property
     def loc(self) -> Tensor:
@@ -177,10 +222,11 @@ class StandardNormal(_Vaelib):
     scale = variance
 
     def expand(self, batch_shape: _Shape, _instance: object = None) -> "StandardNormal":
-        return StandardNormal(self.event_shape[0], self.dtype, self.device, batch_shape, self._validate_args)
+        return StandardNormal(self.event_shape[0], self.dtype, self.device, _expand_shape(self, batch_shape),
+                              self._validate_args)
 
     def rsample(self, sample_shape: _Shape = torch.Size(), generator: torch.Generator | None = None) -> Tensor:
-        shape = self._extended_shape(torch.Size(sample_shape))
+        shape = self._draw_shape(sample_shape, generator)
         return torch.randn(shape, generator=generator, device=self.device, dtype=self.dtype)
 
     def _log_prob(self, value: Tensor) -> Tensor:
@@ -205,8 +251,9 @@ class BernoulliLogits(_Vaelib):
     has_rsample = False
 
     def __init__(self, logits: Tensor, validate_args: bool | None = None) -> None:
-        if not isinstance(logits, Tensor) or logits.dim() < 1:
-            raise TypeError("logits must be a torch.Tensor with at least one dimension (the event)")
+        _check_float_tensor("logits", logits)
+        if logits.dim() < 1:
+            raise ValueError("logits must have at least one dimension (the event)")
         self.logits = logits
         super().__init__(logits.shape[:-1], logits.shape[-1:], validate_args)
 
@@ -224,7 +271,8 @@ class BernoulliLogits(_Vaelib):
         return p * (1 - p)
 
     def expand(self, batch_shape: _Shape, _instance: object = None) -> "BernoulliLogits":
-        return BernoulliLogits(self.logits.expand(torch.Size(batch_shape) + self.event_shape), self._validate_args)
+        return BernoulliLogits(self.logits.expand(_expand_shape(self, batch_shape) + self.event_shape),
+                               self._validate_args)
 
     def _validate_sample(self, value: Tensor) -> None:
         if not _is_binary(value):
@@ -244,7 +292,7 @@ class BernoulliLogits(_Vaelib):
         raise NotImplementedError("a Bernoulli has no reparameterised sample (its draws are discrete)")
 
     def sample(self, sample_shape: _Shape = torch.Size(), generator: torch.Generator | None = None) -> Tensor:
-        shape = self._extended_shape(torch.Size(sample_shape))
+        shape = self._draw_shape(sample_shape, generator)
         with torch.no_grad():
             return torch.bernoulli(self.probs.expand(shape), generator=generator)
 
@@ -264,8 +312,8 @@ class Unflattened(Distribution):
     arg_constraints: dict = {}
 
     def __init__(self, base: Distribution, batch_shape: _Shape) -> None:
-        self.base = base
-        batch_shape = torch.Size(batch_shape)
+        self.base = _check_distribution("base", base)
+        batch_shape = _check_shape("batch_shape", batch_shape)
         if base.batch_shape != (math.prod(batch_shape),):
             raise ValueError(f"cannot view batch shape {tuple(base.batch_shape)} as {tuple(batch_shape)}")
         super().__init__(batch_shape, base.event_shape, validate_args=False)
@@ -290,18 +338,20 @@ class Unflattened(Distribution):
         return self._reshaped(self.base.variance)
 
     def log_prob(self, value: Tensor) -> Tensor:
+        _check_value(self, value)
         full = value.expand(torch.broadcast_shapes(value.shape, self.batch_shape + self.event_shape))
         lead = full.shape[: full.dim() - len(self.batch_shape) - len(self.event_shape)]
         flat = full.reshape(*lead, -1, *self.event_shape)
         return self.base.log_prob(flat).reshape(*lead, *self.batch_shape)
 
     def rsample(self, sample_shape: _Shape = torch.Size(), generator: torch.Generator | None = None) -> Tensor:
-        return self._reshaped(draw(self.base, sample_shape, generator), torch.Size(sample_shape))
+        sample_shape = _check_shape("sample_shape", sample_shape)
+        return self._reshaped(draw(self.base, sample_shape, generator), sample_shape)
 
     def sample(self, sample_shape: _Shape = torch.Size(), generator: torch.Generator | None = None) -> Tensor:
+        sample_shape = _check_shape("sample_shape", sample_shape)
         with torch.no_grad():
-            return self._reshaped(draw(self.base, sample_shape, generator, reparameterized=False),
-                                  torch.Size(sample_shape))
+            return self._reshaped(draw(self.base, sample_shape, generator, reparameterized=False), sample_shape)
 
 
 # --- drawing reproducibly, from any distribution ------------------------------------------------------
@@ -325,7 +375,11 @@ def draw(
         TypeError: ``reparameterized`` and the family has no ``rsample`` (its draws cannot carry a
             gradient; the ELBO's gradient needs them, chapter 5).
     """
-    sample_shape = torch.Size(sample_shape)
+    _check_distribution("dist", dist)
+    sample_shape = _check_shape("sample_shape", sample_shape)
+    check_generator("generator", generator)
+    if not isinstance(reparameterized, bool):
+        raise TypeError(f"reparameterized must be True or False, got {type(reparameterized).__name__}")
     if reparameterized and not dist.has_rsample:
         raise TypeError(
             f"{type(dist).__name__} has no reparameterised sample (has_rsample is False), so gradients cannot "
@@ -352,6 +406,8 @@ def draw(
 def log_prob(dist: Distribution, value: Tensor) -> Tensor:
     """``dist.log_prob(value)``; for vaelib's own distributions without the support check (for callers that
     checked their data once, such as the training loop)."""
+    _check_distribution("dist", dist)
+    _check_value(dist, value)
     return dist._log_prob(value) if isinstance(dist, _Vaelib) else dist.log_prob(value)
 
 
@@ -372,6 +428,9 @@ def _category_mean(dist: Distribution) -> Tensor | None:
 def mean(dist: Distribution, generator: torch.Generator | None = None, n_samples: int = 1000) -> Tensor:
     """``dist.mean``; for a ``Categorical`` (a 256-way likelihood of grey levels) the mean of its values
     ``0..K-1``, not torch's NaN; where the family has no formula (a flow), the average of ``n_samples`` draws."""
+    _check_distribution("dist", dist)
+    check_generator("generator", generator)
+    n_samples = check_count("n_samples", n_samples, per_item=max(1, math.prod(dist.batch_shape + dist.event_shape)))
     category_mean = _category_mean(dist)
     if category_mean is not None:
         return category_mean
@@ -386,6 +445,8 @@ def as_event(dist: Distribution, event_size: int) -> Distribution:
     """``dist`` with one event dimension of ``event_size``: a family whose coordinates are its batch
     (``Normal(loc, scale)`` with ``loc`` ``(batch, event_size)``, ``Bernoulli(probs=...)``) is reinterpreted
     with ``Independent(dist, 1)``; any other is returned as it is."""
+    _check_distribution("dist", dist)
+    event_size = check_int("event_size", event_size)
     if dist.event_shape == () and dist.batch_shape[-1:] == (event_size,):
         return Independent(dist, 1)
     return dist
@@ -395,11 +456,42 @@ def as_event(dist: Distribution, event_size: int) -> Distribution:
 
 def kl(q: Distribution, p: Distribution) -> Tensor | None:
     r""":math:`D_{\mathrm{KL}}(q \,\|\, p)` in closed form, or ``None`` where ``torch.distributions`` has none
-    registered (then estimate it by Monte Carlo, as :func:`vaelib.elbo` does)."""
+    registered (then estimate it by Monte Carlo, as :func:`vaelib.elbo` does).
+
+    Raises:
+        ValueError: ``q`` and ``p`` are over different event shapes, or their batch shapes do not broadcast.
+    """
+    _check_pair(q, p)
     try:
         return kl_divergence(q, p)
     except NotImplementedError:
         return None
+
+
+def _check_pair(q: object, p: object) -> None:
+    _check_distribution("q", q)
+    _check_distribution("p", p)
+    if q.event_shape != p.event_shape:  # type: ignore[union-attr]
+        raise ValueError(f"q and p must be over one event shape, got {tuple(q.event_shape)} and {tuple(p.event_shape)}")
+    try:
+        torch.broadcast_shapes(q.batch_shape, p.batch_shape)  # type: ignore[union-attr]
+    except RuntimeError:
+        raise ValueError(f"the batch shapes of q {tuple(q.batch_shape)} and p {tuple(p.batch_shape)} do not "
+                         "broadcast") from None
+
+
+def _check_value(dist: Distribution, value: object) -> None:
+    """``value`` a tensor whose last dimension is ``dist``'s event size (when it has one) and whose shape
+    broadcasts with the distribution's."""
+    check_tensor("value", value, finite=False, nonempty=False)
+    event = dist.event_shape
+    if len(event) and (value.dim() < len(event) or value.shape[value.dim() - len(event):] != event):
+        raise ValueError(f"value must end in the event shape {tuple(event)}, got shape {tuple(value.shape)}")
+    try:
+        torch.broadcast_shapes(value.shape, dist.batch_shape + event)
+    except RuntimeError:
+        raise ValueError(f"value of shape {tuple(value.shape)} does not broadcast with the batch and event shape "
+                         f"{tuple(dist.batch_shape + event)}") from None
 
 
 def _diagonal(d: Distribution) -> tuple[Tensor, Tensor] | None:
@@ -417,6 +509,7 @@ def _diagonal(d: Distribution) -> tuple[Tensor, Tensor] | None:
 def kl_per_dimension(q: Distribution, p: Distribution) -> Tensor | None:
     r"""The KL of two diagonal Gaussians coordinate by coordinate, ``(..., d)`` (it sums to :func:`kl`), or
     ``None`` if either is not a diagonal Gaussian (the KL then does not split over coordinates)."""
+    _check_pair(q, p)
     a, b = _diagonal(q), _diagonal(p)
     if a is None or b is None:
         return None
@@ -429,6 +522,8 @@ def kl_per_dimension(q: Distribution, p: Distribution) -> Tensor | None:
 
 
 def _kl_diagonal(q: Distribution, p: Distribution) -> Tensor:
+    if q.event_shape != p.event_shape:
+        raise ValueError(f"q and p must be over one event shape, got {tuple(q.event_shape)} and {tuple(p.event_shape)}")
     a = _diagonal(q)
     if a is None:
         raise NotImplementedError  # not a diagonal Gaussian: no closed form here (Monte Carlo instead)

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .distributions import DiagonalNormal, draw, log_prob
-from .model import VAE, is_builtin_mlp, run_likelihood, run_posterior, run_prior
+from ._validate import check_binary, check_generator, check_int, check_tensor
+from .model import VAE, check_data_support, is_builtin_mlp, run_likelihood, run_posterior, run_prior
 
 #: :class:`FoldedDecoder` keeps a hidden unit in its dense product when the share of samples expected on the other
 #: side of zero from its centre exceeds this; the other units fold, their exceptions multiply as a sparse
@@ -99,6 +100,11 @@ class FoldedDecoder:
     """
 
     def __init__(self, model: VAE) -> None:
+        if not isinstance(model, VAE):
+            raise TypeError(f"model must be a vaelib.VAE, got {type(model).__name__}")
+        if not self.applies(model):
+            raise ValueError("model must be the built-in MLP with one hidden layer and its three default "
+                             "distributions (FoldedDecoder.applies): any other decoder is evaluated by model.likelihood")
         self.model = model
         (hidden,) = [layer for layer in model.decoder.body if isinstance(layer, torch.nn.Linear)]
         # Detached: folding serves estimates without gradients (log_likelihood).
@@ -118,6 +124,10 @@ class FoldedDecoder:
 
     def plans(self, mu: Tensor, logvar: Tensor) -> list[_Plan]:
         """Each example's :class:`_Plan`, from its posterior's ``mu`` and ``logvar`` (each ``(n, z_dim)``)."""
+        for name, t in (("mu", mu), ("logvar", logvar)):
+            check_tensor(name, t, ndim=2, last_dim=self.model.z_dim)
+        if mu.shape != logvar.shape:
+            raise ValueError(f"mu must have logvar's shape, got {tuple(mu.shape)} and {tuple(logvar.shape)}")
         center = torch.addmm(self.bias, mu, self.weight.t())  # (n, hidden): m_j
         spread = (torch.exp(logvar) @ self.weight.square().t()).sqrt_()  # s_j = |w_j * sigma|
         on = (center > 0).long()
@@ -138,6 +148,11 @@ class FoldedDecoder:
         :func:`_sum_log1p_exp2_`. Rows where that overflows (a term above about 5.5 nats in float32: a
         confidently wrong pixel) are recomputed with the plain decoder.
         """
+        check_tensor("x", x, ndim=2, last_dim=self.model.x_dim)
+        if x.shape[0] != 1:
+            raise ValueError(f"x must be one example (1, {self.model.x_dim}), got {tuple(x.shape)}")
+        if self.model.likelihood_name == "bernoulli":
+            check_binary("x", x)
         if self.model.likelihood_name != "bernoulli":
             return log_prob(self.model.tensor_likelihood(self.decode(z, plan)), x)
         log_px_z = _sum_log1p_exp2_(self.decode(z, plan, (1 - 2 * x[0]) * _LOG2_E)).neg_()
@@ -149,6 +164,9 @@ class FoldedDecoder:
 
     def decode(self, z: Tensor, plan: _Plan, scale: Tensor | None = None) -> Tensor:
         """The decoder's output ``(k, x_dim)`` for ``z`` ``(k, z_dim)``, times ``scale`` ``(x_dim,)`` if given."""
+        check_tensor("z", z, ndim=2, last_dim=self.model.z_dim)
+        if not isinstance(plan, _Plan):
+            raise TypeError(f"plan must be a plan of FoldedDecoder.plans, got {type(plan).__name__}")
         n_dense, n_off, n_on, n_on_settled = plan.n_dense, plan.n_off, plan.n_on, plan.n_on_settled
         top = z.shape[1] + 1  # rows of the folded matrix, the bias row first
         ons = slice(n_dense + n_off, n_dense + n_off + n_on + n_on_settled)
@@ -230,6 +248,10 @@ def folded_log_likelihood(
     """:func:`vaelib.log_likelihood` for the built-in MLP (:meth:`FoldedDecoder.applies`): examples are
     encoded and planned in blocks, then each is decoded folded, ``k_chunk`` samples at a time."""
     folder = FoldedDecoder(model)
+    x = model.check_x(x)
+    k, k_chunk = check_int("k", k), check_int("k_chunk", k_chunk)
+    check_generator("generator", generator)
+    check_data_support(model, x)
     out = []
     for first in range(0, x.shape[0], _FOLD_BLOCK):
         xs = x[first : first + _FOLD_BLOCK]

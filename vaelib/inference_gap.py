@@ -32,9 +32,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._validate import check_count, check_float, check_generator, check_int, check_tensor
 from torch.distributions import Independent, MultivariateNormal, Normal
 
+from ._validate import check_count, check_float, check_generator, check_int, check_tensor
 from .distributions import DiagonalNormal, log_prob
 from .model import VAE, check_data_support, run_likelihood, run_posterior, run_prior
 
@@ -57,14 +57,22 @@ class Gaussian:
         diag = torch.diag_embed(self.log_std.exp())
         return diag if self.lower is None else diag + self.lower.tril(-1)
 
+    def _check_eps(self, eps: object) -> Tensor:
+        eps = check_tensor("eps", eps, ndim=3)
+        if eps.shape[1:] != self.mu.shape:
+            raise ValueError(f"eps must have shape (S, {self.mu.shape[0]}, {self.mu.shape[1]}), got {tuple(eps.shape)}")
+        return eps
+
     def rsample(self, eps: Tensor) -> Tensor:
         r""":math:`z = \mu + L\epsilon` for ``eps`` ``(S, n, d)``: differentiable in the parameters."""
+        eps = self._check_eps(eps)
         if self.lower is None:
             return self.mu + self.log_std.exp() * eps
         return self.mu + torch.einsum("nij,snj->sni", self.scale_tril, eps)
 
     def log_prob_of(self, eps: Tensor) -> Tensor:
         r""":math:`\log q(z)` ``(S, n)`` at :math:`z = \mu + L\epsilon`, by the change of variables."""
+        eps = self._check_eps(eps)
         return -0.5 * (eps.pow(2) + math.log(2 * math.pi)).sum(-1) - self.log_std.sum(-1)
 
     def entropy(self) -> Tensor:
@@ -145,7 +153,7 @@ def fit_gaussian(
     lr = check_float("lr", lr, minimum=0.0, strict=True)
     seed = check_int("seed", seed, minimum=0)
     check_data_support(model, x)
-    start = encoder_gaussian(model, x) if init is None else _check_gaussian(model, x, init)
+    start = encoder_gaussian(model, x) if init is None else _check_gaussian(model, x, init, "init")
     n, d = start.mu.shape
     mu = start.mu.detach().clone().requires_grad_()
     log_std = start.log_std.detach().clone().requires_grad_()
@@ -163,13 +171,14 @@ def fit_gaussian(
     for p in trainable:  # the decoder is fixed: no gradient flows into (or accumulates in) the model
         p.requires_grad_(False)
     try:
-        for _ in range(steps):
-            eps = torch.randn((n_samples, n, d), generator=g, dtype=mu.dtype, device=mu.device)
-            objective = _log_joint(model, x, q.rsample(eps)).mean(0) + q.entropy()
-            optimizer.zero_grad()
-            (-objective.sum()).backward()
-            optimizer.step()
-            schedule.step()
+        with torch.enable_grad():  # also when the caller is inside torch.no_grad()
+            for _ in range(steps):
+                eps = torch.randn((n_samples, n, d), generator=g, dtype=mu.dtype, device=mu.device)
+                objective = _log_joint(model, x, q.rsample(eps)).mean(0) + q.entropy()
+                optimizer.zero_grad()
+                (-objective.sum()).backward()
+                optimizer.step()
+                schedule.step()
     finally:
         for p in trainable:
             p.requires_grad_(True)
@@ -192,7 +201,7 @@ def gaussian_elbo(
     _check_model(model)
     x = model.check_x(x)
     q = _check_gaussian(model, x, q)
-    n_samples = check_int("n_samples", n_samples, minimum=2)
+    n_samples = check_count("n_samples", n_samples, per_item=x.shape[0] * (model.x_dim + model.z_dim), minimum=2)
     check_generator("generator", generator)
     check_data_support(model, x)
     values = torch.cat([_log_joint(model, x, q.rsample(eps)) for eps in _draws(q, n_samples, generator)])
@@ -214,7 +223,7 @@ def gaussian_log_likelihood(
     _check_model(model)
     x = model.check_x(x)
     q = _check_gaussian(model, x, q)
-    k = check_int("k", k, minimum=2)
+    k = check_count("k", k, per_item=x.shape[0] * (model.x_dim + model.z_dim), minimum=2)
     check_generator("generator", generator)
     check_data_support(model, x)
     log_w = torch.cat([_log_joint(model, x, q.rsample(eps)) - q.log_prob_of(eps)
@@ -247,20 +256,20 @@ def _check_model(model: VAE) -> None:
         raise TypeError(f"model must be a vaelib.VAE, got {type(model).__name__}")
 
 
-def _check_gaussian(model: VAE, x: Tensor, q: Gaussian) -> Gaussian:
+def _check_gaussian(model: VAE, x: Tensor, q: Gaussian, name: str = "q") -> Gaussian:
     if not isinstance(q, Gaussian):
-        raise TypeError(f"q must be a vaelib.inference_gap.Gaussian, got {type(q).__name__}")
+        raise TypeError(f"{name} must be a vaelib.inference_gap.Gaussian, got {type(q).__name__}")
     want = (x.shape[0], model.z_dim)
-    for name, t in (("mu", q.mu), ("log_std", q.log_std)):
-        check_tensor(f"q.{name}", t, ndim=2)
+    for part, t in (("mu", q.mu), ("log_std", q.log_std)):
+        check_tensor(f"{name}.{part}", t, ndim=2)
         if tuple(t.shape) != want:
-            raise ValueError(f"q.{name} has shape {tuple(t.shape)}; expected {want} for x of {x.shape[0]} rows")
+            raise ValueError(f"{name}.{part} has shape {tuple(t.shape)}; expected {want} for x of {x.shape[0]} rows")
         if t.dtype != x.dtype:
-            raise TypeError(f"q.{name} has dtype {t.dtype}; expected the data's {x.dtype}")
+            raise TypeError(f"{name}.{part} has dtype {t.dtype}; expected the data's {x.dtype}")
     if q.lower is not None:
-        check_tensor("q.lower", q.lower, ndim=3)
+        check_tensor(f"{name}.lower", q.lower, ndim=3)
         if tuple(q.lower.shape) != (*want, model.z_dim):
-            raise ValueError(f"q.lower has shape {tuple(q.lower.shape)}; expected {(*want, model.z_dim)}")
+            raise ValueError(f"{name}.lower has shape {tuple(q.lower.shape)}; expected {(*want, model.z_dim)}")
         if q.lower.dtype != x.dtype:
-            raise TypeError(f"q.lower has dtype {q.lower.dtype}; expected the data's {x.dtype}")
+            raise TypeError(f"{name}.lower has dtype {q.lower.dtype}; expected the data's {x.dtype}")
     return q

@@ -49,7 +49,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from ._validate import check_binary, check_int, check_tensor, in_unit_interval
+from ._validate import check_binary, check_device, check_int, check_tensor, in_unit_interval
 from .distributions import BernoulliLogits, DiagonalNormal, StandardNormal, Unflattened, as_event
 
 Likelihood = Literal["bernoulli", "gaussian"]
@@ -260,7 +260,12 @@ class VAE(nn.Module):
             ``(mu, logvar)``, each ``(batch, z_dim)``, or a ``Distribution`` over ``z``.
         """
         x = self.check_data(x)
-        return self.encoder(x) if c is None else self.encoder(x, c)
+        if c is None:
+            return self.encoder(x)
+        if type(self.encoder) is MLPEncoder:
+            raise TypeError("the built-in MLP encoder takes no context c: give the model an encoder whose forward "
+                            "takes (x, c), or leave the context out")
+        return self.encoder(x, c)
 
     def decode(self, z: Tensor, c: Any = None) -> Tensor | Distribution:
         r"""The decoder's output for latent codes ``z``: ``self.decoder(z)`` (``self.decoder(z, c)``).
@@ -277,7 +282,12 @@ class VAE(nn.Module):
         way for every model; :meth:`mean` refuses them.
         """
         z = self.check_z(z, finite=False)
-        return self.decoder(z) if c is None else self.decoder(z, c)
+        if c is None:
+            return self.decoder(z)
+        if type(self.decoder) is MLPDecoder:
+            raise TypeError("the built-in MLP decoder takes no context c: give the model a decoder whose forward "
+                            "takes (z, c), or leave the context out")
+        return self.decoder(z, c)
 
     # --- the model: three distributions ---------------------------------------------------------
     def posterior(self, x: Tensor, c: Any = None) -> Distribution:
@@ -332,12 +342,19 @@ class VAE(nn.Module):
         else:
             out = self.decode(flat, _flat_context(c, lead))
         n = flat.shape[0]
+        if not isinstance(out, (Tensor, Distribution)):
+            raise TypeError(f"{_name(self)}.decode must return a tensor or a torch.distributions.Distribution, got "
+                            f"{type(out).__name__}")
         if isinstance(out, Distribution):
             out = as_event(out, self.x_dim)
-            if out.batch_shape == lead or len(lead) == 1:
-                return out
-            return Unflattened(out, lead)
-        if not isinstance(out, Tensor) or tuple(out.shape) != (n, self.x_dim):
+            if out.event_shape != (self.x_dim,) or out.batch_shape not in (lead, (n,)):
+                raise ValueError(
+                    f"{_name(self)}.decode returned a {type(out).__name__} of batch shape {tuple(out.batch_shape)} and "
+                    f"event shape {tuple(out.event_shape)} for z of shape {(n, self.z_dim)}; the likelihood needs batch "
+                    f"shape ({n},) and event shape ({self.x_dim},)"
+                )
+            return out if out.batch_shape == lead else Unflattened(out, lead)
+        if tuple(out.shape) != (n, self.x_dim):
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"{_name(self)}.decode returned {got} for z of shape {(n, self.z_dim)}; "
                              f"expected {(n, self.x_dim)} or a Distribution")
@@ -348,6 +365,8 @@ class VAE(nn.Module):
     def tensor_likelihood(self, out: Tensor) -> Distribution:
         """The distribution that a decoder's tensor output ``out`` ``(..., x_dim)`` stands for: Bernoulli
         logits, or a Gaussian mean with the learned ``obs_logvar`` (as ``likelihood_name`` says)."""
+        out = check_tensor("out", out, last_dim=self.x_dim, finite=False)
+        self._check_dtype("out", out)
         if self.likelihood_name == "bernoulli":
             return BernoulliLogits(out)
         return DiagonalNormal(out, self.obs_logvar)
@@ -423,21 +442,7 @@ def _first_parameter(model: nn.Module) -> Tensor:
     return p
 
 
-def _check_device(device: object) -> torch.device:
-    """``device`` as a ``torch.device`` that holds data here (a ``str`` or a device, never a dtype)."""
-    if isinstance(device, torch.dtype) or not isinstance(device, (str, torch.device)):
-        raise TypeError(f"device must be a torch.device or a str such as 'cpu', got {device!r}")
-    try:
-        device = torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"device {device!r} is not a device: {err}") from err
-    if device.type == "meta":
-        raise ValueError("device 'meta' holds shapes but no values: moving a model there would erase it")
-    try:
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as err:  # e.g. CUDA asked for on a machine without it
-        raise ValueError(f"device {str(device)!r} is not available here: {str(err).splitlines()[0]}") from err
-    return device
+_check_device = check_device
 
 
 # --- how the library calls a model ------------------------------------------------------------

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ._validate import check_count, check_float
+from ._validate import check_count, check_float, check_int
 from .distributions import draw, kl, kl_per_dimension, log_prob
 from .elbo import _elbo
 from .iwae import log_weights
@@ -74,6 +74,8 @@ class ELBO:
 
     def beta_at(self, step: int, steps_per_epoch: int) -> float:
         r""":math:`\beta_t` at 0-based update ``step``: ``beta * min(1, (step + 1) / warm-up steps)``."""
+        step = check_int("step", step, minimum=0)
+        steps_per_epoch = check_int("steps_per_epoch", steps_per_epoch)
         warmup_steps = self.warmup_epochs * steps_per_epoch
         return self.beta if warmup_steps == 0 else self.beta * min(1.0, (step + 1) / warmup_steps)
 

@@ -231,6 +231,8 @@ def fit(
                 "seed": seed, "steps_per_epoch": steps_per_epoch,
                 "trainable": [name for name, p in model.named_parameters() if p.requires_grad]}
     state = None if restart else getattr(model, "fit_state", None)
+    if state is not None and not isinstance(state, FitState):
+        raise TypeError(f"model.fit_state must be a vaelib.FitState or None, got {type(state).__name__}")
     if state is not None:
         _check_continuation(state, settings)
         horizon = state.settings["horizon"]
@@ -270,60 +272,61 @@ def fit(
     model.fit_state = None  # a run that fails half-way cannot be continued
     model.train()
     checked_gradients = False
-    try:
-        for epoch in bar:
-            t0 = time.perf_counter()
-            sum_bound = sum_kl = 0.0
-            n_seen = 0
-            for b, (xb, cb) in enumerate(data.batches(g), start=1):
-                lr_t = lr if horizon is None else 0.5 * lr * (1 + math.cos(math.pi * step / horizon))
-                result = gradient(model, xb, cb, g, step, steps_per_epoch or 1)  # the gradient is now in p.grad
-                if not checked_gradients:
-                    _check_every_parameter_learns(model)
-                    checked_gradients = True
-                loss, bound_sum, kl_sum, grad_norm = _read(result, gradient.squared_norm(params))
-                if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                    raise _diverged("loss" if not math.isfinite(loss) else "gradient", epoch, b,
-                                    steps_per_epoch, history, last_good, model, data, seed)
-                if step % SNAPSHOT_EVERY == 0:
-                    last_good.save(epoch, b)
-                optimizer.param_groups[0]["lr"] = lr_t
-                optimizer.step()
-                step += 1
-                sum_bound += bound_sum
-                sum_kl += kl_sum
-                n_seen += xb.shape[0]
-            if n_seen == 0:
-                raise ValueError("train yielded no batch")
-            history.train_elbo.append(sum_bound / n_seen)
-            history.train_kl.append(sum_kl / n_seen)
-            history.lr.append(lr_t)
-            history.beta.append(objective.beta_at(step - 1, steps_per_epoch or 1) if type(objective) is ELBO else 1.0)
-            postfix = {"train": f"{history.train_elbo[-1]:.2f}"}
-            if valid_data is not None:
-                history.valid_elbo.append(_mean_elbo(model, valid_data, seed + 1))  # same noise every epoch
-                model.train()
-                postfix["valid_elbo"] = f"{history.valid_elbo[-1]:.2f}"
-                if history.valid_elbo[-1] > best:
-                    best, since_best, history.best_epoch = history.valid_elbo[-1], 0, epoch - first_epoch
-                    if patience is not None:
-                        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                else:
-                    since_best += 1
-            history.seconds.append(time.perf_counter() - t0)
-            bar.set_postfix(postfix)
-            if patience is not None and since_best >= patience:
-                history.stopped_early = True
-                break
-        # The last update has not been scored yet: score it on the last batch (unless the best is restored).
-        if best_state is None and not math.isfinite(_mean_elbo(model, _Data.single(model, xb, cb), seed + 2)):
-            raise _diverged("loss after the last update", epoch, b, steps_per_epoch, history, last_good,
-                            model, data, seed)
-    finally:  # also when training diverges: no gradient outlives fit
-        bar.close()
-        for p in params:
-            p.grad = None
-        model.eval()
+    with torch.enable_grad():  # training needs gradients, also when the caller is inside torch.no_grad()
+        try:
+            for epoch in bar:
+                t0 = time.perf_counter()
+                sum_bound = sum_kl = 0.0
+                n_seen = 0
+                for b, (xb, cb) in enumerate(data.batches(g), start=1):
+                    lr_t = lr if horizon is None else 0.5 * lr * (1 + math.cos(math.pi * step / horizon))
+                    result = gradient(model, xb, cb, g, step, steps_per_epoch or 1)  # the gradient is now in p.grad
+                    if not checked_gradients:
+                        _check_every_parameter_learns(model)
+                        checked_gradients = True
+                    loss, bound_sum, kl_sum, grad_norm = _read(result, gradient.squared_norm(params))
+                    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                        raise _diverged("loss" if not math.isfinite(loss) else "gradient", epoch, b,
+                                        steps_per_epoch, history, last_good, model, data, seed)
+                    if step % SNAPSHOT_EVERY == 0:
+                        last_good.save(epoch, b)
+                    optimizer.param_groups[0]["lr"] = lr_t
+                    optimizer.step()
+                    step += 1
+                    sum_bound += bound_sum
+                    sum_kl += kl_sum
+                    n_seen += xb.shape[0]
+                if n_seen == 0:
+                    raise ValueError("train yielded no batch")
+                history.train_elbo.append(sum_bound / n_seen)
+                history.train_kl.append(sum_kl / n_seen)
+                history.lr.append(lr_t)
+                history.beta.append(objective.beta_at(step - 1, steps_per_epoch or 1) if type(objective) is ELBO else 1.0)
+                postfix = {"train": f"{history.train_elbo[-1]:.2f}"}
+                if valid_data is not None:
+                    history.valid_elbo.append(_mean_elbo(model, valid_data, seed + 1))  # same noise every epoch
+                    model.train()
+                    postfix["valid_elbo"] = f"{history.valid_elbo[-1]:.2f}"
+                    if history.valid_elbo[-1] > best:
+                        best, since_best, history.best_epoch = history.valid_elbo[-1], 0, epoch - first_epoch
+                        if patience is not None:
+                            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    else:
+                        since_best += 1
+                history.seconds.append(time.perf_counter() - t0)
+                bar.set_postfix(postfix)
+                if patience is not None and since_best >= patience:
+                    history.stopped_early = True
+                    break
+            # The last update has not been scored yet: score it on the last batch (unless the best is restored).
+            if best_state is None and not math.isfinite(_mean_elbo(model, _Data.single(model, xb, cb), seed + 2)):
+                raise _diverged("loss after the last update", epoch, b, steps_per_epoch, history, last_good,
+                                model, data, seed)
+        finally:  # also when training diverges: no gradient outlives fit
+            bar.close()
+            for p in params:
+                p.grad = None
+            model.eval()
     if best_state is not None:
         model.load_state_dict(best_state)
     else:
@@ -498,8 +501,17 @@ class _Data:
                             f"got {type(data).__name__}")
         self.bernoulli: bool | None = None  # whether the likelihood is a Bernoulli (probed with the first context)
         if self.x is not None:
-            self.bernoulli = _bernoulli(model, self.c)
+            self.bernoulli = self._probe(self.c)
             self.binarizer = self._binarizer(self.x)
+
+    def _probe(self, c: Any) -> bool:
+        """Whether the likelihood is a Bernoulli; a model that cannot take the context fails here, named."""
+        try:
+            return _bernoulli(self.model, c)
+        except TypeError as err:
+            if c is None:
+                raise
+            raise TypeError(f"{self.name} holds a context c that the model cannot take: {err}") from err
 
     @classmethod
     def single(cls, model: VAE, x: Tensor, c: Any) -> "_Data":
@@ -574,7 +586,7 @@ class _Data:
         if isinstance(cb, Tensor):
             cb = cb.to(xb.device)
         if self.bernoulli is None:
-            self.bernoulli = _bernoulli(self.model, cb)
+            self.bernoulli = self._probe(cb)
         binarizer = _Binarizer(xb) if (self.bernoulli or self.binarize) and in_unit_interval(xb) else None
         binarize = (self.bernoulli and not (binarizer is not None and binarizer.is_binary)
                     if self.binarize is None else self.binarize)
