@@ -46,6 +46,20 @@ def _check_shape(name: str, shape: object) -> torch.Size:
     return torch.Size(check_int(f"{name}[{i}]", n, minimum=0) for i, n in enumerate(shape))
 
 
+def _broadcast(a: Sequence[int], b: Sequence[int]) -> torch.Size | None:
+    """The broadcast of two shapes, or ``None`` if they do not broadcast (plain Python: this runs every step)."""
+    if a == b:
+        return torch.Size(a)
+    out = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        x = a[-i] if i <= len(a) else 1
+        y = b[-i] if i <= len(b) else 1
+        if x != y and x != 1 and y != 1:
+            return None
+        out.append(y if x == 1 else x)
+    return torch.Size(reversed(out))
+
+
 def _check_distribution(name: str, dist: object) -> Distribution:
     if not isinstance(dist, Distribution):
         raise TypeError(f"{name} must be a torch.distributions.Distribution, got {type(dist).__name__}")
@@ -63,10 +77,7 @@ def _check_float_tensor(name: str, t: object) -> Tensor:
 def _expand_shape(d: Distribution, batch_shape: object) -> torch.Size:
     """``batch_shape`` checked, and that ``d``'s batch shape broadcasts to it."""
     shape = _check_shape("batch_shape", batch_shape)
-    try:
-        if torch.broadcast_shapes(d.batch_shape, shape) != shape:
-            raise RuntimeError
-    except RuntimeError:
+    if _broadcast(d.batch_shape, shape) != shape:
         raise ValueError(f"batch_shape {tuple(shape)} is not a broadcast of the batch shape {tuple(d.batch_shape)}") from None
     return shape
 
@@ -136,10 +147,9 @@ class DiagonalNormal(_Vaelib):
             raise TypeError(f"logvar must have loc's dtype {loc.dtype}, got {logvar.dtype}")
         if loc.dim() < 1:
             raise ValueError("loc must have at least one dimension (the event)")
-        try:
-            shape = loc.shape if logvar.shape == loc.shape else torch.broadcast_shapes(loc.shape, logvar.shape)
-        except RuntimeError:
-            raise ValueError(f"logvar {tuple(logvar.shape)} does not broadcast with loc {tuple(loc.shape)}") from None
+        shape = _broadcast(loc.shape, logvar.shape)
+        if shape is None:
+            raise ValueError(f"logvar {tuple(logvar.shape)} does not broadcast with loc {tuple(loc.shape)}")
         if shape[-1] != loc.shape[-1]:
             raise ValueError(f"logvar {tuple(logvar.shape)} must not widen the event of loc {tuple(loc.shape)}")
         self.loc, self.logvar = loc, logvar
@@ -200,7 +210,9 @@ class StandardNormal(_Vaelib):
         self.dtype = torch.get_default_dtype() if dtype is None else dtype
         from ._validate import check_device
 
-        self.device = torch.device("cpu") if device is None else check_device(device)
+        # A torch.device is taken as it is (a model's own, on every training step); anything else is checked.
+        self.device = (torch.device("cpu") if device is None else device if isinstance(device, torch.device)
+                       else check_device(device))
         super().__init__(_check_shape("batch_shape", batch_shape), torch.Size([size]), validate_args)
 
     @property
@@ -232,7 +244,7 @@ class StandardNormal(_Vaelib):
     def _log_prob(self, value: Tensor) -> Tensor:
         zero = value.new_zeros(())
         out = _log_normal(value, zero, zero)
-        return out.expand(torch.broadcast_shapes(out.shape, self.batch_shape))
+        return out if self.batch_shape == () else out.expand(_broadcast(out.shape, self.batch_shape))
 
     def entropy(self) -> Tensor:
         d = self.event_shape[0]
@@ -473,11 +485,9 @@ def _check_pair(q: object, p: object) -> None:
     _check_distribution("p", p)
     if q.event_shape != p.event_shape:  # type: ignore[union-attr]
         raise ValueError(f"q and p must be over one event shape, got {tuple(q.event_shape)} and {tuple(p.event_shape)}")
-    try:
-        torch.broadcast_shapes(q.batch_shape, p.batch_shape)  # type: ignore[union-attr]
-    except RuntimeError:
+    if _broadcast(q.batch_shape, p.batch_shape) is None:  # type: ignore[union-attr]
         raise ValueError(f"the batch shapes of q {tuple(q.batch_shape)} and p {tuple(p.batch_shape)} do not "
-                         "broadcast") from None
+                         "broadcast")
 
 
 def _check_value(dist: Distribution, value: object) -> None:
@@ -487,11 +497,9 @@ def _check_value(dist: Distribution, value: object) -> None:
     event = dist.event_shape
     if len(event) and (value.dim() < len(event) or value.shape[value.dim() - len(event):] != event):
         raise ValueError(f"value must end in the event shape {tuple(event)}, got shape {tuple(value.shape)}")
-    try:
-        torch.broadcast_shapes(value.shape, dist.batch_shape + event)
-    except RuntimeError:
+    if _broadcast(value.shape, dist.batch_shape + event) is None:
         raise ValueError(f"value of shape {tuple(value.shape)} does not broadcast with the batch and event shape "
-                         f"{tuple(dist.batch_shape + event)}") from None
+                         f"{tuple(dist.batch_shape + event)}")
 
 
 def _diagonal(d: Distribution) -> tuple[Tensor, Tensor] | None:

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .distributions import DiagonalNormal, draw, log_prob
+from .distributions import log_prob
 from ._validate import check_binary, check_generator, check_int, check_tensor
-from .model import VAE, check_data_support, is_builtin_mlp, run_likelihood, run_posterior, run_prior
+from .model import VAE, check_data_support, is_builtin_mlp, run_likelihood, run_posterior
 
 #: :class:`FoldedDecoder` keeps a hidden unit in its dense product when the share of samples expected on the other
 #: side of zero from its centre exceeds this; the other units fold, their exceptions multiply as a sparse
@@ -128,6 +128,9 @@ class FoldedDecoder:
             check_tensor(name, t, ndim=2, last_dim=self.model.z_dim)
         if mu.shape != logvar.shape:
             raise ValueError(f"mu must have logvar's shape, got {tuple(mu.shape)} and {tuple(logvar.shape)}")
+        return self._plans(mu, logvar)
+
+    def _plans(self, mu: Tensor, logvar: Tensor) -> list[_Plan]:
         center = torch.addmm(self.bias, mu, self.weight.t())  # (n, hidden): m_j
         spread = (torch.exp(logvar) @ self.weight.square().t()).sqrt_()  # s_j = |w_j * sigma|
         on = (center > 0).long()
@@ -153,9 +156,13 @@ class FoldedDecoder:
             raise ValueError(f"x must be one example (1, {self.model.x_dim}), got {tuple(x.shape)}")
         if self.model.likelihood_name == "bernoulli":
             check_binary("x", x)
+        self._check_z_plan(z, plan)
+        return self._log_px_z(x, z, plan)
+
+    def _log_px_z(self, x: Tensor, z: Tensor, plan: _Plan) -> Tensor:
         if self.model.likelihood_name != "bernoulli":
-            return log_prob(self.model.tensor_likelihood(self.decode(z, plan)), x)
-        log_px_z = _sum_log1p_exp2_(self.decode(z, plan, (1 - 2 * x[0]) * _LOG2_E)).neg_()
+            return log_prob(self.model.tensor_likelihood(self._decode(z, plan)), x)
+        log_px_z = _sum_log1p_exp2_(self._decode(z, plan, (1 - 2 * x[0]) * _LOG2_E)).neg_()
         if not math.isfinite(log_px_z.detach().sum()):  # -inf in a row, or nan
             overflowed = (~torch.isfinite(log_px_z)).nonzero().squeeze(1)
             plain = run_likelihood(self.model, z[overflowed])
@@ -164,9 +171,17 @@ class FoldedDecoder:
 
     def decode(self, z: Tensor, plan: _Plan, scale: Tensor | None = None) -> Tensor:
         """The decoder's output ``(k, x_dim)`` for ``z`` ``(k, z_dim)``, times ``scale`` ``(x_dim,)`` if given."""
+        self._check_z_plan(z, plan)
+        if scale is not None:
+            check_tensor("scale", scale, ndim=1, last_dim=self.model.x_dim)
+        return self._decode(z, plan, scale)
+
+    def _check_z_plan(self, z: object, plan: object) -> None:
         check_tensor("z", z, ndim=2, last_dim=self.model.z_dim)
         if not isinstance(plan, _Plan):
             raise TypeError(f"plan must be a plan of FoldedDecoder.plans, got {type(plan).__name__}")
+
+    def _decode(self, z: Tensor, plan: _Plan, scale: Tensor | None = None) -> Tensor:
         n_dense, n_off, n_on, n_on_settled = plan.n_dense, plan.n_off, plan.n_on, plan.n_on_settled
         top = z.shape[1] + 1  # rows of the folded matrix, the bias row first
         ons = slice(n_dense + n_off, n_dense + n_off + n_on + n_on_settled)
@@ -234,12 +249,17 @@ def _folded_log_weights(
     model: VAE, x: Tensor, mu: Tensor, logvar: Tensor, k: int, generator: torch.Generator | None,
     log_px_z: Callable[[Tensor, Tensor], Tensor],
 ) -> Tensor:
-    r""":func:`log_weights` for the built-in MLP and one example (``batch == 1``), with the folded decoder's
-    :math:`\log p_\theta(x|z)` (:class:`FoldedDecoder`); the same draws as :func:`log_weights` from the same
-    generator state."""
-    q, prior = DiagonalNormal(mu, logvar), run_prior(model, None, 1)
-    z = draw(q, (k,), generator)
-    return log_px_z(x, z.view(k, -1)).unsqueeze(1) + log_prob(prior, z) - log_prob(q, z)
+    r"""The log importance weights of :func:`vaelib.iwae.log_weights` for the built-in MLP and one example
+    (``batch == 1``), with the folded decoder's :math:`\log p_\theta(x|z)` (:class:`FoldedDecoder`): the same
+    draws from the same generator state (those of :meth:`vaelib.distributions.DiagonalNormal.rsample`). With
+    the default :math:`p(z) = \mathcal{N}(0, I)` and :math:`q = \mathcal{N}(\mu, \operatorname{diag}\sigma^2)`,
+    :math:`\log p(z) - \log q(z|x) = -\tfrac12\sum_j (z_j^2 - \epsilon_j^2 - \log\sigma_j^2)`: the
+    :math:`\log 2\pi` terms cancel and :math:`z - \mu = \sigma\epsilon` makes :math:`q`'s quadratic term
+    :math:`\epsilon^2` exactly."""
+    eps = torch.randn((k, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
+    z = mu + torch.exp(0.5 * logvar) * eps
+    log_pz_minus_log_qz = -0.5 * (z.pow(2) - eps.pow(2) - logvar).sum(-1)
+    return log_px_z(x, z.view(k, -1)).unsqueeze(1) + log_pz_minus_log_qz
 
 
 def folded_log_likelihood(
@@ -257,9 +277,9 @@ def folded_log_likelihood(
         xs = x[first : first + _FOLD_BLOCK]
         q = run_posterior(model, xs)
         mus, logvars = q.loc, q.logvar
-        plans = folder.plans(mus, logvars)
+        plans = folder._plans(mus, logvars)
         for i in range(xs.shape[0]):
-            log_px_z = functools.partial(folder.log_px_z, plan=plans[i])
+            log_px_z = functools.partial(folder._log_px_z, plan=plans[i])
             total = None
             for s in range(0, k, k_chunk):
                 log_w = _folded_log_weights(model, xs[i : i + 1], mus[i : i + 1], logvars[i : i + 1],
