@@ -334,7 +334,7 @@ class VAE(nn.Module):
             z: codes ``(..., z_dim)``.
             c: context for ``z``'s last batch dimension (its first dimension is that size), or ``None``.
         """
-        z = self.check_z(z, finite=False)
+        z = check_tensor("z", z, last_dim=self.z_dim, finite=False)  # (its dtype: decode checks it)
         lead = z.shape[:-1]
         flat = z.reshape(-1, self.z_dim)
         if c is None:
@@ -360,13 +360,19 @@ class VAE(nn.Module):
                              f"expected {(n, self.x_dim)} or a Distribution")
         if out.dtype != z.dtype:
             raise TypeError(f"{_name(self)}.decode returned dtype {out.dtype}; expected {z.dtype}")
-        return self.tensor_likelihood(out.reshape(*lead, self.x_dim))
+        out = out.reshape(*lead, self.x_dim)
+        if type(self).tensor_likelihood is VAE.tensor_likelihood and "tensor_likelihood" not in vars(self):
+            return self._tensor_likelihood(out)  # checked just above
+        return self.tensor_likelihood(out)
 
     def tensor_likelihood(self, out: Tensor) -> Distribution:
         """The distribution that a decoder's tensor output ``out`` ``(..., x_dim)`` stands for: Bernoulli
         logits, or a Gaussian mean with the learned ``obs_logvar`` (as ``likelihood_name`` says)."""
         out = check_tensor("out", out, last_dim=self.x_dim, finite=False)
         self._check_dtype("out", out)
+        return self._tensor_likelihood(out)
+
+    def _tensor_likelihood(self, out: Tensor) -> Distribution:
         if self.likelihood_name == "bernoulli":
             return BernoulliLogits(out)
         return DiagonalNormal(out, self.obs_logvar)
