@@ -4,7 +4,8 @@ Usage (from the repository root, in the project's venv)::
 
     python benchmarks/distribution_layer.py --base 5be5d73      # the commit before the layer (issue #20)
 
-The same 784-400-20 model, written as a learner's subclass (bench.LearnersVAE: the general autograd path),
+The same 784-400-20 model, written as a learner's subclass (bench.LearnersVAE: the general autograd path;
+``--builtin``: the built-in MLP and its fast path),
 is trained for ``--epochs`` epochs on the bundled MNIST digits by this working tree's vaelib and by the
 vaelib of ``--base`` (exported with ``git archive`` to a temporary folder), each in its own fresh process,
 alternating ``--repeats`` times; each process warms up with one epoch and reports samples per second. The
@@ -40,8 +41,12 @@ class Enc(nn.Module):
         h = self.hidden(x)
         return self.mu(h), self.logvar(h)
 torch.manual_seed(0)
-model = vaelib.VAE(X, Z, encoder=Enc(), decoder=nn.Sequential(nn.Linear(Z, H), nn.ReLU(), nn.Linear(H, X)))
-assert not vaelib.model.is_builtin_mlp(model)
+if {builtin!r}:
+    model = vaelib.VAE(X, Z, hidden=(H,), seed=0)
+    assert vaelib.model.is_builtin_mlp(model)
+else:
+    model = vaelib.VAE(X, Z, encoder=Enc(), decoder=nn.Sequential(nn.Linear(Z, H), nn.ReLU(), nn.Linear(H, X)))
+    assert not vaelib.model.is_builtin_mlp(model)
 x = load_mnist()[0].images
 kw = dict(batch_size=128, lr=1e-3, progress=False)
 if "restart" in vaelib.fit.__code__.co_varnames:
@@ -53,8 +58,8 @@ print(json.dumps({{"samples_per_s": x.shape[0] * {epochs} / (time.perf_counter()
 """
 
 
-def run(lib: Path, epochs: int) -> float:
-    code = CHILD.format(lib=str(lib), bench=str(ROOT / "benchmarks"), epochs=epochs)
+def run(lib: Path, epochs: int, builtin: bool) -> float:
+    code = CHILD.format(lib=str(lib), bench=str(ROOT / "benchmarks"), epochs=epochs, builtin=builtin)
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=tempfile.gettempdir())
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["file"].startswith(str(lib)), result["file"]
@@ -66,6 +71,7 @@ def main() -> None:
     ap.add_argument("--base", required=True, help="git revision of the vaelib to compare with")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--builtin", action="store_true", help="the built-in MLP (its fast path) instead of the subclass")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         base = Path(folder) / "base"
@@ -74,10 +80,10 @@ def main() -> None:
         subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
         rates = {"base": [], "now": []}
         for _ in range(args.repeats):
-            rates["base"].append(run(base, args.epochs))
-            rates["now"].append(run(ROOT, args.epochs))
+            rates["base"].append(run(base, args.epochs, args.builtin))
+            rates["now"].append(run(ROOT, args.epochs, args.builtin))
     ratios = [n / b for n, b in zip(rates["now"], rates["base"])]
-    print(json.dumps({"base": args.base, "epochs": args.epochs, "repeats": args.repeats,
+    print(json.dumps({"base": args.base, "model": "built-in MLP" if args.builtin else "subclass", "epochs": args.epochs, "repeats": args.repeats,
                       "base_samples_per_s": statistics.median(rates["base"]),
                       "now_samples_per_s": statistics.median(rates["now"]),
                       "ratio_now_over_base": statistics.median(ratios),
