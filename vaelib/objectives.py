@@ -127,7 +127,7 @@ class IWAE:
 
 
 @dataclass(frozen=True)
-class DReG:
+class DReG(IWAE):
     r"""The importance-weighted bound with the doubly reparameterised gradient (Tucker et al. 2019).
 
     With :math:`w_k = p_\theta(x, z_k)/q_\phi(z_k|x)` and normalised weights
@@ -148,11 +148,6 @@ class DReG:
     Args:
         k: importance samples per example (``>= 2`` to differ from the ELBO's gradient).
     """
-
-    k: int = 5
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "k", check_count("k", self.k, per_item=1))
 
     def __call__(self, model: VAE, x: Tensor, c: Any, generator: torch.Generator | None, step: int,
                  steps_per_epoch: int) -> Step:
