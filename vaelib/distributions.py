@@ -13,7 +13,7 @@ what the book derives with vaelib's own overflow-proof formulas:
 * :class:`BernoulliLogits`, independent Bernoulli pixels from logits.
 
 Each has an event shape of one dimension (``(z_dim,)`` or ``(x_dim,)``) and draws with a caller's
-``torch.Generator``. Their KL divergences are registered with :func:`torch.distributions.kl_divergence`
+``torch.Generator``. Their KL divergences are registered with ``torch.distributions.kl_divergence``
 (closed forms of :mod:`vaelib.kl`), also against ``Independent(Normal)`` and ``MultivariateNormal``.
 
 Any other ``Distribution`` works too: :func:`draw` draws from it reproducibly with a generator, and
@@ -130,7 +130,7 @@ class DiagonalNormal(_Vaelib):
     The event is the last dimension; ``logvar`` broadcasts against ``loc`` (a scalar ``logvar`` is one
     variance for every coordinate, as the Gaussian likelihood's ``obs_logvar``).
 
-    * :meth:`rsample` is the reparameterisation of chapter 5, :math:`z = \mu + e^{\log\sigma^2/2}\odot\epsilon`,
+    * ``rsample`` is the reparameterisation of chapter 5, :math:`z = \mu + e^{\log\sigma^2/2}\odot\epsilon`,
       drawn with the caller's ``generator``;
     * :meth:`log_prob` is :func:`vaelib.log_normal` (never NaN, overflow-proof);
     * ``kl_divergence`` to :class:`StandardNormal` is :func:`vaelib.gaussian_kl`, to another diagonal

@@ -37,7 +37,7 @@ DENSE_FLIP_FRACTION = 0.15
 #: with one maximum over all settled units, and only searched for one by one if there are any.
 SETTLED_SHARE = 1e-6
 
-#: Examples :func:`log_likelihood` encodes and plans together when it folds the decoder.
+#: Examples :func:`vaelib.log_likelihood` encodes and plans together when it folds the decoder.
 _FOLD_BLOCK = 256
 
 _LOG2_E = 1 / math.log(2)  # exp(u) = 2**(u * _LOG2_E)
@@ -46,7 +46,7 @@ _LOG2_E = 1 / math.log(2)  # exp(u) = 2**(u * _LOG2_E)
 #: product on the CPU); for others it multiplies them as a dense one.
 _SPARSE_DTYPES = (torch.float32, torch.float64)
 
-#: Columns whose factors ``1 + 2**t`` :func:`_sum_log1p_exp2_` multiplies before taking one logarithm.
+#: Columns whose factors ``1 + 2**t`` ``_sum_log1p_exp2_`` multiplies before taking one logarithm.
 _COLUMNS_PER_LOG = 16
 
 
@@ -55,7 +55,7 @@ _FOLD_BLOCK = 256
 
 _LOG2_E = 1 / math.log(2)  # exp(u) = 2**(u * _LOG2_E)
 
-class _Plan(NamedTuple):
+class Plan(NamedTuple):
     """How :class:`FoldedDecoder` handles each hidden unit for one example: the units in the order
     dense | off | on | on and settled | off and settled, and how many there are of the first four."""
 
@@ -75,7 +75,7 @@ class FoldedDecoder:
     is Gaussian across them, with centre :math:`m_j = w_j^\top\mu + b_j` and spread
     :math:`s_j = \lVert w_j \odot \sigma\rVert`: most units keep the sign of their centre for nearly every
     sample. Each unit is handled according to its expected share of samples on the other side of zero,
-    :math:`\Phi(-|m_j|/s_j)` (its :class:`_Plan`):
+    :math:`\Phi(-|m_j|/s_j)` (its :class:`Plan`):
 
     * **dense** units (share above :data:`DENSE_FLIP_FRACTION`): :math:`\operatorname{relu}(a_j)` is a
       column of one dense matrix product, as in the plain decoder;
@@ -94,7 +94,7 @@ class FoldedDecoder:
     model at :math:`K = 1000` this turns the ``k × 400`` dense product into ``k × 111`` (on average
     90 dense units) and about 6,200 sparse entries. The split only decides the cost: any unit in any group
     gives the exact result, up to floating-point rounding (the sums run in another order). Used where it
-    saves work: one example at a time (:func:`log_likelihood` at large ``k``), and only for the built-in
+    saves work: one example at a time (:func:`vaelib.log_likelihood` at large ``k``), and only for the built-in
     MLP with exactly one hidden layer (:meth:`applies`); any other decoder (another activation, more
     layers, a subclass, your own module) is evaluated through ``model.decode``.
     """
@@ -122,15 +122,15 @@ class FoldedDecoder:
         (:func:`vaelib.model.is_builtin_mlp`) with one hidden layer."""
         return is_builtin_mlp(model) and len(model.hidden) == 1
 
-    def plans(self, mu: Tensor, logvar: Tensor) -> list[_Plan]:
-        """Each example's :class:`_Plan`, from its posterior's ``mu`` and ``logvar`` (each ``(n, z_dim)``)."""
+    def plans(self, mu: Tensor, logvar: Tensor) -> list[Plan]:
+        """Each example's :class:`Plan`, from its posterior's ``mu`` and ``logvar`` (each ``(n, z_dim)``)."""
         for name, t in (("mu", mu), ("logvar", logvar)):
             check_tensor(name, t, ndim=2, last_dim=self.model.z_dim)
         if mu.shape != logvar.shape:
             raise ValueError(f"mu must have logvar's shape, got {tuple(mu.shape)} and {tuple(logvar.shape)}")
         return self._plans(mu, logvar)
 
-    def _plans(self, mu: Tensor, logvar: Tensor) -> list[_Plan]:
+    def _plans(self, mu: Tensor, logvar: Tensor) -> list[Plan]:
         center = torch.addmm(self.bias, mu, self.weight.t())  # (n, hidden): m_j
         spread = (torch.exp(logvar) @ self.weight.square().t()).sqrt_()  # s_j = |w_j * sigma|
         on = (center > 0).long()
@@ -138,17 +138,17 @@ class FoldedDecoder:
         group = torch.where(ratio > self.settled_above, 4 - on, 1 + on).masked_fill_(ratio < self.dense_below, 0)
         counts = torch.stack([(group == g).sum(1) for g in range(4)], 1).tolist()
         orders = torch.argsort(group, dim=1, stable=True)
-        return [_Plan(order, *count) for order, count in zip(orders, counts)]
+        return [Plan(order, *count) for order, count in zip(orders, counts)]
 
-    def log_px_z(self, x: Tensor, z: Tensor, plan: _Plan) -> Tensor:
+    def log_px_z(self, x: Tensor, z: Tensor, plan: Plan) -> Tensor:
         r""":math:`\log p_\theta(x|z)` ``(k,)`` for one example ``x`` ``(1, x_dim)``, its samples ``z``
-        ``(k, z_dim)`` and its :class:`_Plan`.
+        ``(k, z_dim)`` and its :class:`Plan`.
 
         For a Bernoulli decoder the output's columns are multiplied by :math:`(1 - 2x)\log_2 e` inside the
         product. With :math:`u = (1 - 2x) \odot o`, :math:`\log p(x|z) = -\sum_j \operatorname{softplus}(u_j)`:
         a sum of terms of one sign, more accurate in float32 than :math:`x \cdot o - \sum_j
         \operatorname{softplus}(o_j)` (two large sums that nearly cancel), taken in base 2 by
-        :func:`_sum_log1p_exp2_`. Rows where that overflows (a term above about 5.5 nats in float32: a
+        ``_sum_log1p_exp2_``. Rows where that overflows (a term above about 5.5 nats in float32: a
         confidently wrong pixel) are recomputed with the plain decoder.
         """
         check_tensor("x", x, ndim=2, last_dim=self.model.x_dim)
@@ -159,7 +159,7 @@ class FoldedDecoder:
         self._check_z_plan(z, plan)
         return self._log_px_z(x, z, plan)
 
-    def _log_px_z(self, x: Tensor, z: Tensor, plan: _Plan) -> Tensor:
+    def _log_px_z(self, x: Tensor, z: Tensor, plan: Plan) -> Tensor:
         if self.model.likelihood_name != "bernoulli":
             return log_prob(self.model.tensor_likelihood(self._decode(z, plan)), x)
         log_px_z = _sum_log1p_exp2_(self._decode(z, plan, (1 - 2 * x[0]) * _LOG2_E)).neg_()
@@ -169,7 +169,7 @@ class FoldedDecoder:
             log_px_z[overflowed] = log_prob(plain, x)
         return log_px_z
 
-    def decode(self, z: Tensor, plan: _Plan, scale: Tensor | None = None) -> Tensor:
+    def decode(self, z: Tensor, plan: Plan, scale: Tensor | None = None) -> Tensor:
         """The decoder's output ``(k, x_dim)`` for ``z`` ``(k, z_dim)``, times ``scale`` ``(x_dim,)`` if given."""
         self._check_z_plan(z, plan)
         if scale is not None:
@@ -178,10 +178,10 @@ class FoldedDecoder:
 
     def _check_z_plan(self, z: object, plan: object) -> None:
         check_tensor("z", z, ndim=2, last_dim=self.model.z_dim)
-        if not isinstance(plan, _Plan):
+        if not isinstance(plan, Plan):
             raise TypeError(f"plan must be a plan of FoldedDecoder.plans, got {type(plan).__name__}")
 
-    def _decode(self, z: Tensor, plan: _Plan, scale: Tensor | None = None) -> Tensor:
+    def _decode(self, z: Tensor, plan: Plan, scale: Tensor | None = None) -> Tensor:
         n_dense, n_off, n_on, n_on_settled = plan.n_dense, plan.n_off, plan.n_on, plan.n_on_settled
         top = z.shape[1] + 1  # rows of the folded matrix, the bias row first
         ons = slice(n_dense + n_off, n_dense + n_off + n_on + n_on_settled)
