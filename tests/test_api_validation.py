@@ -961,6 +961,7 @@ EXEMPT = {
     "distributions.BernoulliLogits.rsample": "always raises NotImplementedError, torch.distributions' answer for a "
                                              "family with has_rsample False (draw() turns it into a TypeError)",
     "objectives.Step": "result container (a NamedTuple) returned by an objective",
+    "folding.Plan": "record (a NamedTuple) that FoldedDecoder.plans returns and its other methods check",
     "toy.GaussianFit": "result container built by fit_gaussian_q()",
     "toy.LinearGaussian.marginal": "no arguments",
     "inference_gap.Gaussian": "result container built by fit_gaussian() and encoder_gaussian()",

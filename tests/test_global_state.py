@@ -413,6 +413,8 @@ ok("ELBOTerms.detach", "no arguments",
    lambda: (lambda m=builtin(): vaelib.elbo(m, XB, generator=gen()).detach()))
 ok("objectives.Step", "fields", fixed(lambda: objectives.Step(MU.sum(), MU[:, 0], LV[:, 0])))
 bad("objectives.Step", "missing fields", fixed(lambda: objectives.Step(MU.sum())))
+ok("folding.Plan", "fields", fixed(lambda: vaelib.folding.Plan(torch.arange(3), 1, 1, 1, 0)))
+bad("folding.Plan", "missing fields", fixed(lambda: vaelib.folding.Plan(torch.arange(3))))
 for _cls in (objectives.ELBO, objectives.IWAE, objectives.DReG):
     _api = f"objectives.{_cls.__name__}"
     ok(_api, "default", fixed(lambda cls=_cls: cls()))
