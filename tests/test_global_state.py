@@ -34,7 +34,6 @@ import contextlib
 import gc
 import math
 import os
-import struct
 import sys
 import tempfile
 import warnings
@@ -51,7 +50,7 @@ from torch.distributions import (Categorical, Distribution, Independent, Mixture
 from torch.distributions.transforms import ExpTransform
 
 import vaelib
-from test_api_validation import public_callables
+from test_api_validation import _idx, public_callables  # (_idx writes a small IDX file)
 from vaelib import data as vdata
 from vaelib import distributions as vdist
 from vaelib import folding, inference_gap, objectives, toy
@@ -240,13 +239,6 @@ XL, _ = LG.sample(3, generator=gen(2))
 
 def flaky_toy(at: int) -> FlakyToy:
     return FlakyToy(LG.W, LG.b, LG.sigma, at)
-
-
-def _idx(name: str, array: np.ndarray) -> str:
-    path = os.path.join(TMP, name)
-    with open(path, "wb") as f:
-        f.write(bytes([0, 0, 8, array.ndim]) + b"".join(struct.pack(">I", s) for s in array.shape) + array.tobytes())
-    return path
 
 
 IMAGES_IDX = _idx("images.idx", np.zeros((3, 2, 3), dtype=np.uint8))
