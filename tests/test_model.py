@@ -230,3 +230,16 @@ def test_a_prior_must_be_a_module_returning_a_distribution():
     model = VAE(6, 2, hidden=(4,), prior=NotADistribution())
     with pytest.raises(TypeError, match="must return a torch.distributions.Distribution"):
         vaelib.sample(model, 3)
+
+
+def test_probing_the_likelihood_leaves_each_modules_mode_as_it_was():
+    model = VAE(6, 2, hidden=(4,), seed=0)
+    model.train()
+    model.encoder.eval()  # a learner's deliberate mix of modes
+    x = (torch.rand(8, 6) < 0.5).float()
+    vaelib.fit(model, x, 1, progress=False)  # fit ends in eval mode
+    model.train()
+    model.decoder.eval()
+    vaelib.elbo(model, x)  # scoring probes nothing but may call the model
+    vaelib.log_likelihood(model, x, k=3)  # probes the likelihood's support
+    assert model.training and model.encoder.training and not model.decoder.training

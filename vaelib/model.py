@@ -533,18 +533,19 @@ def probe_likelihood(model: VAE, c: Any = None) -> Distribution:
     """The model's likelihood at the code ``z = 0`` (for the first row's context), to learn its support.
 
     A probe leaves no trace: it runs without gradient, in evaluation mode (no dropout draw, no batch-norm
-    statistic updated; the previous mode is restored) and with PyTorch's global generators forked.
+    statistic updated; each module's previous mode is restored) and with PyTorch's global generators forked.
     """
     z0 = torch.zeros(1, model.z_dim, dtype=model.dtype, device=model.device)
     first = c[:1] if isinstance(c, Tensor) else c
-    was_training = model.training
+    modes = [(module, module.training) for module in model.modules()]  # each module's own mode
     devices = [model.device.index or 0] if model.device.type == "cuda" else []
     try:
         model.eval()
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
             return run_likelihood(model, z0, first)
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
 
 
 def check_support(lik: Distribution, x: Tensor, name: str = "x") -> None:
