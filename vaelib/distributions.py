@@ -97,16 +97,8 @@ class _Vaelib(Distribution):
         super().__init__(batch_shape, event_shape, validate_args=False)
         self._validate_args = _default_validate(validate_args)
 
-    def _check_value(self, value: Tensor) -> None:
-        check_tensor("value", value, finite=False, nonempty=False)
-        if value.dim() < 1 or value.shape[-1] != self.event_shape[-1]:
-            raise ValueError(
-                f"value must have last dimension {self.event_shape[-1]} (the event shape {tuple(self.event_shape)}), "
-                f"got shape {tuple(value.shape)}"
-            )
-
     def log_prob(self, value: Tensor) -> Tensor:
-        self._check_value(value)
+        _check_value(self, value)
         if self._validate_args:
             self._validate_sample(value)
         return self._log_prob(value)

@@ -198,12 +198,7 @@ def gaussian_elbo(
     :math:`\sqrt{S}`). Differentiable in ``q``'s tensors and the model's parameters (a training loss);
     to score only, call it under ``torch.no_grad()``, which saves the memory of the graph.
     """
-    _check_model(model)
-    x = model.check_x(x)
-    q = _check_gaussian(model, x, q)
-    n_samples = check_count("n_samples", n_samples, per_item=x.shape[0] * (model.x_dim + model.z_dim), minimum=2)
-    check_generator("generator", generator)
-    check_data_support(model, x)
+    x, q, n_samples = _check_scoring(model, x, q, "n_samples", n_samples, generator)
     values = torch.cat([_log_joint(model, x, q.rsample(eps)) for eps in _draws(q, n_samples, generator)])
     values = values + q.entropy()
     return values.mean(0), values.std(0) / math.sqrt(n_samples)
@@ -220,12 +215,7 @@ def gaussian_log_likelihood(
     weights are not heavy-tailed, that is when ``q`` is close to the posterior). Differentiable, as
     :func:`gaussian_elbo`.
     """
-    _check_model(model)
-    x = model.check_x(x)
-    q = _check_gaussian(model, x, q)
-    k = check_count("k", k, per_item=x.shape[0] * (model.x_dim + model.z_dim), minimum=2)
-    check_generator("generator", generator)
-    check_data_support(model, x)
+    x, q, k = _check_scoring(model, x, q, "k", k, generator)
     log_w = torch.cat([_log_joint(model, x, q.rsample(eps)) - q.log_prob_of(eps)
                        for eps in _draws(q, k, generator)])
     estimate = torch.logsumexp(log_w, 0) - math.log(k)
@@ -249,6 +239,18 @@ def _draws(q: Gaussian, total: int, generator: torch.Generator | None) -> list[T
     n, d = q.mu.shape
     return [torch.randn((min(_CHUNK, total - start), n, d), generator=generator, dtype=q.mu.dtype, device=q.mu.device)
             for start in range(0, total, _CHUNK)]
+
+
+def _check_scoring(model: VAE, x: Tensor, q: Gaussian, count_name: str, count: int,
+                   generator: torch.Generator | None) -> tuple[Tensor, Gaussian, int]:
+    """The arguments of :func:`gaussian_elbo` and :func:`gaussian_log_likelihood`, checked: ``(x, q, count)``."""
+    _check_model(model)
+    x = model.check_x(x)
+    q = _check_gaussian(model, x, q)
+    count = check_count(count_name, count, per_item=x.shape[0] * (model.x_dim + model.z_dim), minimum=2)
+    check_generator("generator", generator)
+    check_data_support(model, x)
+    return x, q, count
 
 
 def _check_model(model: VAE) -> None:

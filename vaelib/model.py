@@ -41,7 +41,6 @@ amortised Gaussian posterior; chapters 4 and 6 train the MLP; chapter 6 also tra
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -49,7 +48,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from ._validate import check_binary, check_device, check_int, check_tensor, in_unit_interval
+from ._validate import check_binary, check_device, check_int, check_tensor
 from .distributions import BernoulliLogits, DiagonalNormal, StandardNormal, Unflattened, as_event
 
 Likelihood = Literal["bernoulli", "gaussian"]

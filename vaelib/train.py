@@ -502,7 +502,7 @@ class _Data:
         self.bernoulli: bool | None = None  # whether the likelihood is a Bernoulli (probed with the first context)
         if self.x is not None:
             self.bernoulli = self._probe(self.c)
-            self.binarizer = self._binarizer(self.x)
+            self.binarizer = self._binarizer(self.x, self.c)
 
     def _probe(self, c: Any) -> bool:
         """Whether the likelihood is a Bernoulli; a model that cannot take the context fails here, named."""
@@ -523,7 +523,7 @@ class _Data:
         self.model._check_dtype(self.name, x)
         return x
 
-    def _binarizer(self, x: Tensor) -> _Binarizer | None:
+    def _binarizer(self, x: Tensor, c: Any) -> _Binarizer | None:
         """The binariser that draws ``x`` afresh every epoch (``None``: no binarisation); checks the support."""
         grey_ok = in_unit_interval(x)
         binarizer = _Binarizer(x) if (self.bernoulli or self.binarize) and grey_ok else None
@@ -534,7 +534,7 @@ class _Data:
         if not binarize:
             if self.bernoulli and not is_binary:
                 raise ValueError(f"{self.name} must be binary for a Bernoulli model when binarize=False")
-            check_data_support(self.model, x, self.c if isinstance(self.c, Tensor) else None, self.name)
+            check_data_support(self.model, x, c if isinstance(c, Tensor) else None, self.name)
         return binarizer if binarize and not is_binary else None
 
     @property
@@ -587,15 +587,8 @@ class _Data:
             cb = cb.to(xb.device)
         if self.bernoulli is None:
             self.bernoulli = self._probe(cb)
-        binarizer = _Binarizer(xb) if (self.bernoulli or self.binarize) and in_unit_interval(xb) else None
-        binarize = (self.bernoulli and not (binarizer is not None and binarizer.is_binary)
-                    if self.binarize is None else self.binarize)
-        if binarize:
-            if binarizer is None:
-                raise ValueError(f"a batch of {self.name} must hold grey levels in [0, 1] to be binarised")
-            return binarizer(g), cb
-        check_data_support(self.model, xb, cb if isinstance(cb, Tensor) else None, self.name)
-        return xb, cb
+        binarizer = self._binarizer(xb, cb)  # each batch as the whole tensor would be
+        return (xb if binarizer is None else binarizer(g)), cb
 
 
 def _bernoulli(model: VAE, c: Any) -> bool:
