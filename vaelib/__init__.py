@@ -19,7 +19,12 @@ module                         what it holds                                    
 :mod:`vaelib.cache`            training once for several chapters (a memo of ``fit``)                  6, 7
 :mod:`vaelib.iwae`             the importance-weighted bound and log-likelihood estimates              6, 7
 :mod:`vaelib.folding`          the folded decoder (log_likelihood's fast path for the built-in MLP)    6, 7
-:mod:`vaelib.inference_gap`    the best Gaussian for each image (the inference gap)                    7
+:mod:`vaelib.inference_gap`    the best Gaussian for each image (the inference gap)                    7, 8-10
+:mod:`vaelib.evaluate`         one row of Part II's table: a model measured as in chapter 7          8-10
+:mod:`vaelib.flows`            inverse autoregressive flows (MADE, one IAF step as a Transform)        8
+:mod:`vaelib.posteriors`       richer encoders: full covariance, IAF                                   8
+:mod:`vaelib.priors`           learned priors (mixture, VampPrior), ELBO surgery                       10
+:mod:`vaelib.hierarchy`        the two-level VAE, z2 -> z1 -> x, and its per-layer KL                 10
 :mod:`vaelib.generate`         sampling from the prior, interpolation                                  6
 :mod:`vaelib.data`             bundled real digits, IDX reader                                         4, 6
 :mod:`vaelib.checkpoint`       safe save/load                                                          6
@@ -32,7 +37,7 @@ from __future__ import annotations
 
 from ._version import __version__
 
-from . import data, distributions, folding, inference_gap, objectives, plot, toy
+from . import data, distributions, evaluate, flows, folding, hierarchy, inference_gap, objectives, plot, posteriors, priors, toy
 from .backprop import elbo_backward
 from .checkpoint import load, save
 from .densities import log_bernoulli, log_normal
@@ -75,7 +80,12 @@ __all__ = [
     "data",
     "plot",
     "distributions",
+    "evaluate",
+    "flows",
     "folding",
+    "hierarchy",
+    "posteriors",
+    "priors",
     "inference_gap",
     "objectives",
     "toy",

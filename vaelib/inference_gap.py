@@ -35,7 +35,7 @@ from torch import Tensor
 from torch.distributions import Independent, MultivariateNormal, Normal
 
 from ._validate import check_count, check_float, check_generator, check_int, check_tensor
-from .distributions import DiagonalNormal, log_prob
+from .distributions import DiagonalNormal, draw, log_prob
 from .model import VAE, check_data_support, run_likelihood, run_posterior, run_prior
 
 Covariance = str  # "diagonal" or "full"
@@ -222,6 +222,117 @@ def gaussian_log_likelihood(
     w = (log_w - log_w.max(0).values).exp()  # rescaled: the ratio below is scale-free
     relative_variance = (w.pow(2).mean(0) / w.mean(0).pow(2) - 1).clamp_min(0)
     return estimate, (relative_variance / k).sqrt()
+
+
+def moment_gaussian(model: VAE, x: Tensor, n_samples: int = 1000, generator: torch.Generator | None = None) -> Gaussian:
+    r"""The full-covariance Gaussian with the mean and covariance of ``n_samples`` draws of ``model.posterior(x)``,
+    for each row of ``x``: a start for :func:`fit_gaussian` when the encoder is not Gaussian (a flow, a
+    hierarchy)."""
+    _check_model(model)
+    x = model.check_x(x)
+    n_samples = check_count("n_samples", n_samples, per_item=x.shape[0] * model.z_dim, minimum=2)
+    check_generator("generator", generator)
+    with torch.no_grad():
+        z = draw(run_posterior(model, x), (n_samples,), generator)           # (S, n, d)
+        mu = z.mean(0)
+        centred = (z - mu).transpose(0, 1)                                   # (n, S, d)
+        cov = centred.transpose(1, 2) @ centred / (n_samples - 1)
+        cov = cov + 1e-6 * torch.eye(model.z_dim, dtype=z.dtype, device=z.device)
+        tril = torch.linalg.cholesky(cov)
+    return Gaussian(mu, torch.diagonal(tril, dim1=-2, dim2=-1).log(), tril.tril(-1))
+
+
+@dataclass(frozen=True)
+class GapReport:
+    r"""Chapter 7's decomposition of the ELBO's gap on a set of images, each entry ``(n,)`` per image with its
+    standard error (see :func:`gap_decomposition`). All in nats.
+
+    Attributes:
+        elbo, elbo_se: the encoder's ELBO :math:`\mathcal{L}[q_\phi]`.
+        best, best_se: :math:`\mathcal{L}[q^*]`, the best Gaussian of ``family`` fitted to each image.
+        log_p, log_p_se: :math:`\mathcal{L}_K` with the best full-covariance Gaussian as the proposal, an
+            estimate of :math:`\log p_\theta(x)` (a lower bound in expectation).
+        family: ``"diagonal"`` or ``"full"``: the Gaussian family :math:`q^*` was fitted in.
+        k: the number of importance samples of ``log_p``.
+    """
+
+    elbo: Tensor
+    elbo_se: Tensor
+    best: Tensor
+    best_se: Tensor
+    log_p: Tensor
+    log_p_se: Tensor
+    family: str
+    k: int
+
+    @staticmethod
+    def _mean_se(v: Tensor) -> tuple[float, float]:
+        return v.mean().item(), (v.std() / math.sqrt(v.numel())).item()
+
+    @property
+    def amortisation(self) -> tuple[float, float]:
+        r""":math:`\mathcal{L}[q^*] - \mathcal{L}[q_\phi]`, mean over the images and its standard error (the
+        spread over images; the Monte Carlo error of each image's estimate is far smaller). Negative when
+        the encoder beats every Gaussian of the family (a flow)."""
+        return self._mean_se(self.best - self.elbo)
+
+    @property
+    def approximation(self) -> tuple[float, float]:
+        r""":math:`\log p_\theta(x) - \mathcal{L}[q^*]`: what no Gaussian of the family fits."""
+        return self._mean_se(self.log_p - self.best)
+
+    @property
+    def total(self) -> tuple[float, float]:
+        r""":math:`\log p_\theta(x) - \mathcal{L}[q_\phi]`: the whole gap of the encoder."""
+        return self._mean_se(self.log_p - self.elbo)
+
+
+def gap_decomposition(
+    model: VAE, x: Tensor, *, family: Covariance = "diagonal", steps: int = 300, k: int = 2000,
+    n_samples: int = 1000, seed: int = 0,
+) -> GapReport:
+    r"""Chapter 7's decomposition for ``model`` on the images ``x``: encoder, best Gaussian, :math:`\log p`.
+
+    Fits :math:`q^*` of ``family`` to each image (:func:`fit_gaussian`, ``steps`` Adam steps; a full fit starts
+    from a diagonal one with the same number of steps, then runs twice as many), the best full-covariance
+    Gaussian (the same fit when ``family="full"``) as the proposal of :math:`\mathcal{L}_K`, and scores
+    the encoder, :math:`q^*` and :math:`\log p` with fresh draws. A Gaussian encoder is the start of the fits;
+    any other (a flow) starts from its moments (:func:`moment_gaussian`). Everything is seeded by ``seed``.
+
+    Args:
+        model: a :class:`vaelib.VAE`.
+        x: images ``(n, x_dim)``, ``n >= 2``.
+        family: ``"diagonal"`` or ``"full"``: the family of :math:`q^*` that defines the amortisation gap (the
+            encoder's own family for a Gaussian encoder).
+        steps: Adam steps of the diagonal fit (the full fit runs ``2 * steps``).
+        k: importance samples of :math:`\log p`.
+        n_samples: draws that score each ELBO.
+        seed: seeds every draw.
+    """
+    _check_model(model)
+    x = model.check_x(x)
+    if x.shape[0] < 2:
+        raise ValueError(f"x must hold at least 2 images, got {x.shape[0]}")
+    if family not in ("diagonal", "full"):
+        raise ValueError(f"family must be 'diagonal' or 'full', got {family!r}")
+    seed = check_int("seed", seed, minimum=0)
+    g = torch.Generator().manual_seed(seed)
+    try:
+        start = encoder_gaussian(model, x)
+    except TypeError:
+        start = moment_gaussian(model, x, generator=g)
+    q_diag = fit_gaussian(model, x, init=Gaussian(start.mu, start.log_std), steps=steps, seed=seed + 1)
+    q_full = fit_gaussian(model, x, covariance="full", init=q_diag, steps=2 * steps, seed=seed + 2)
+    best = q_diag if family == "diagonal" else q_full
+    with torch.no_grad():
+        q = run_posterior(model, x)
+        values = torch.cat([_log_joint(model, x, z) - log_prob(q, z)        # (S, n): one ELBO term per draw
+                            for z in (draw(q, (min(_CHUNK, n_samples - s),), g)
+                                      for s in range(0, n_samples, _CHUNK))])
+        elbo, elbo_se = values.mean(0), values.std(0) / math.sqrt(n_samples)
+        best_elbo, best_se = gaussian_elbo(model, x, best, n_samples=n_samples, generator=g)
+        log_p, log_p_se = gaussian_log_likelihood(model, x, q_full, k=k, generator=g)
+    return GapReport(elbo, elbo_se, best_elbo, best_se, log_p, log_p_se, family, k)
 
 
 # --- helpers -----------------------------------------------------------------------------------------

@@ -41,7 +41,8 @@ amortised Gaussian posterior; chapters 4 and 6 train the MLP; chapter 6 also tra
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import torch
@@ -61,6 +62,19 @@ DEFAULT_HIDDEN: tuple[int, ...] = (400,)
 MODEL_METHODS: tuple[str, ...] = ("posterior", "prior", "likelihood", "encode", "decode")
 #: Methods derived from those, which vaelib never calls in place of them: a subclass may not override them.
 DERIVED_METHODS: tuple[str, ...] = ("mean", "log_px_z", "forward")
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None) -> Iterator[None]:
+    """Run the block with PyTorch's global generator seeded by ``seed`` and restore its state afterwards
+    (even on an error); ``seed=None`` runs it unchanged. Modules built inside get seeded initial weights."""
+    if seed is None:
+        yield
+        return
+    seed = check_int("seed", seed, minimum=0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def _relu_mlp(sizes: Sequence[int]) -> nn.Sequential:
