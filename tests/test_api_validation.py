@@ -178,6 +178,7 @@ BUG_GAUSSIAN_EPS = ""
 BUG_INIT_NAME = ""
 BUG_FOLDING = ""
 BUG_SCORER_COUNTS = ""
+BUG_REPORT_X_TEST = ""  # fixed: report() checks x_test's support under its own name
 
 
 def _add(api: str, arg: str, kind: str, expected: type[Exception], call: Callable[[], object], *, bug: str = "",
@@ -943,8 +944,125 @@ for a in ("k", "k_chunk"):
 _table("folding.folded_log_likelihood", folding.folded_log_likelihood, good, "generator", bad_generators())
 
 
+# vaelib.evaluate, flows, posteriors, priors, hierarchy (Part II's models) and inference_gap's decomposition.
+from vaelib import evaluate, flows, hierarchy, posteriors, priors  # noqa: E402
+
+good = {"model": BERN, "x": XB, "steps": 2, "k": 4, "n_samples": 4}
+_table("inference_gap.gap_decomposition", inference_gap.gap_decomposition, good, "model", bad_models())
+_table("inference_gap.gap_decomposition", inference_gap.gap_decomposition, good, "x", bad_tensors(XB))
+_one("inference_gap.gap_decomposition", inference_gap.gap_decomposition, good, "x", "single example", XB[:1],
+     ValueError)
+_one("inference_gap.gap_decomposition", inference_gap.gap_decomposition, good, "family", "unknown family", "banded",
+     ValueError)
+_table("inference_gap.gap_decomposition", inference_gap.gap_decomposition, good, "seed", bad_counts(minimum=0))
+good = {"model": BERN, "x": XB, "n_samples": 4, "generator": None}
+_table("inference_gap.moment_gaussian", inference_gap.moment_gaussian, good, "model", bad_models())
+_table("inference_gap.moment_gaussian", inference_gap.moment_gaussian, good, "x", bad_tensors(XB))
+_table("inference_gap.moment_gaussian", inference_gap.moment_gaussian, good, "n_samples",
+       [*bad_counts(), ("one sample (no standard error)", 1, ValueError)])
+_table("inference_gap.moment_gaussian", inference_gap.moment_gaussian, good, "generator", bad_generators())
+
+good = {"model": BERN, "x_test": XB, "k": 4, "n_nll": 3, "n_samples": 2}
+_table("evaluate.report", evaluate.report, good, "model", bad_models())
+_table("evaluate.report", evaluate.report, good, "x_test", bad_tensors(XB))
+_one("evaluate.report", evaluate.report, good, "x_test", "grey levels for a Bernoulli model", XG, ValueError,
+     says=("binary",), bug=BUG_REPORT_X_TEST)
+_table("evaluate.report", evaluate.report, good, "n_nll", [("zero count", 0, ValueError),
+                                                           ("string count", "3", TypeError),
+                                                           ("as many as the data", 6, ValueError)])
+_table("evaluate.report", evaluate.report, good, "seed", bad_counts(minimum=0))
+
+_MASK = torch.ones(3, 2)
+_table("flows.MaskedLinear", flows.MaskedLinear, {"in_features": 2, "out_features": 3, "mask": _MASK}, "mask",
+       [("wrong size", _MASK[:, :1], ValueError)])
+good = {"dim": 2, "hidden": (4,), "context_dim": 0}
+_table("flows.MADE", flows.MADE, good, "dim", [("one", 1, ValueError), ("string count", "2", TypeError)])
+_table("flows.MADE", flows.MADE, good, "hidden", [("zero width", (0,), ValueError), ("float width", (4.0,), TypeError)])
+_one("flows.MADE", flows.MADE, good, "context_dim", "negative count", -1, ValueError)
+_MADE_C = flows.MADE(2, (4,), context_dim=3)
+_add("flows.MADE.forward", "context", "None option", ValueError, lambda: _MADE_C(torch.zeros(5, 2)))
+_table("flows.IAFTransform", flows.IAFTransform, {}, "made",
+       [("None model", None, TypeError), ("torch module model", torch.nn.Linear(2, 4), TypeError)])
+
+good = {"x_dim": 6, "z_dim": 2, "hidden": (4,)}
+_table("posteriors.FullCovarianceEncoder", posteriors.FullCovarianceEncoder, good, "z_dim",
+       [("zero count", 0, ValueError), ("string count", "2", TypeError)])
+_one("posteriors.FullCovarianceEncoder", posteriors.FullCovarianceEncoder, good, "x_dim", "float count", 6.0,
+     TypeError)
+good = {"x_dim": 6, "z_dim": 2, "hidden": (4,), "made_hidden": (4,), "context_dim": 3}
+_table("posteriors.IAFEncoder", posteriors.IAFEncoder, good, "z_dim",
+       [("one latent dimension", 1, ValueError), ("string count", "2", TypeError)])
+_table("posteriors.IAFEncoder", posteriors.IAFEncoder, good, "steps",
+       [("zero count", 0, ValueError), ("float count", 2.0, TypeError)])
+
+good = {"z_dim": 2, "n_components": 3}
+_table("priors.MixturePrior", priors.MixturePrior, good, "n_components", [("zero count", 0, ValueError),
+                                                                         ("string count", "3", TypeError)])
+_one("priors.MixturePrior", priors.MixturePrior, good, "seed", "negative count", -1, ValueError)
+good = {"encoder": BERN.encoder, "x_dim": 6, "n_pseudo": 3}
+_one("priors.VampPrior", priors.VampPrior, good, "encoder", "int module", 3, TypeError)
+_table("priors.VampPrior", priors.VampPrior, good, "n_pseudo", [("zero count", 0, ValueError),
+                                                               ("string count", "3", TypeError)])
+_one("priors.VampPrior", priors.VampPrior, good, "init", "wrong size", torch.rand(2, 6), ValueError)
+_one("priors.VampPrior", priors.VampPrior, good, "init", "values above 1", torch.rand(3, 6) + 1, ValueError)
+_one("priors.VampPrior", priors.VampPrior, good, "init", "list", torch.rand(3, 6).tolist(), TypeError)
+_add("priors.VampPrior.forward", "encoder", "a tensor, not a distribution", TypeError,
+     lambda p=priors.VampPrior(torch.nn.Linear(6, 2), 6, 3): p())
+good = {"model": BERN, "x": XB, "n_samples": 2, "generator": None}
+_table("priors.elbo_surgery", priors.elbo_surgery, good, "model", bad_models())
+_table("priors.elbo_surgery", priors.elbo_surgery, good, "x", bad_tensors(XB))
+_one("priors.elbo_surgery", priors.elbo_surgery, good, "x", "grey levels for a Bernoulli model", XG, ValueError,
+     says=("binary",))
+_one("priors.elbo_surgery", priors.elbo_surgery, good, "x", "single example", XB[:1], ValueError)
+_table("priors.elbo_surgery", priors.elbo_surgery, good, "n_samples", bad_counts())
+_table("priors.elbo_surgery", priors.elbo_surgery, good, "chunk", [("zero count", 0, ValueError),
+                                                                   ("string count", "3", TypeError)])
+_table("priors.elbo_surgery", priors.elbo_surgery, good, "generator", bad_generators())
+
+_N2 = vdist.StandardNormal(2)
+good = {"first": _N2, "then": lambda a: vdist.StandardNormal(1), "dims": (2, 1)}
+_table("hierarchy.Chain", hierarchy.Chain, good, "first", [("not a distribution", "posterior", TypeError),
+                                                           ("a tensor, not a distribution", torch.zeros(2), TypeError)])
+_one("hierarchy.Chain", hierarchy.Chain, good, "first", "wrong event shape", vdist.StandardNormal(3), ValueError)
+_table("hierarchy.Chain", hierarchy.Chain, good, "dims", [("zero count", (0, 1), ValueError),
+                                                          ("string count", ("2", 1), TypeError)])
+_BAD_CHAIN = hierarchy.Chain(_N2, lambda a: vdist.StandardNormal(3), (2, 1))  # then(a) of the wrong size
+for _method, _args in (("rsample", ()), ("sample", ()), ("log_prob", (torch.zeros(3),)),
+                       ("layer_log_probs", (torch.zeros(3),))):
+    _add(f"hierarchy.Chain.{_method}", "then", "wrong event shape", ValueError,
+         lambda m=_method, a=_args: getattr(_BAD_CHAIN, m)(*a))
+for _cls, _kw in ((hierarchy.TwoLevelEncoder, {"x_dim": 6, "z1_dim": 2, "z2_dim": 2, "hidden": (4,), "hidden2": (4,)}),
+                  (hierarchy.TwoLevelPrior, {"z1_dim": 2, "z2_dim": 2, "hidden2": (4,)}),
+                  (hierarchy.LowerDecoder, {"z1_dim": 2, "z2_dim": 2, "x_dim": 6, "hidden": (4,)}),
+                  (hierarchy.two_level_vae, {"x_dim": 6, "z1_dim": 2, "z2_dim": 2, "hidden": (4,), "hidden2": (4,)})):
+    for _a in ("z1_dim", "z2_dim"):
+        _table(f"hierarchy.{_cls.__name__}", _cls, _kw, _a, [("zero count", 0, ValueError),
+                                                             ("string count", "2", TypeError)])
+TWO = hierarchy.two_level_vae(6, 2, 2, hidden=(4,), hidden2=(4,))
+good = {"model": TWO, "x": XB, "n_samples": 2, "generator": None}
+_table("hierarchy.layer_kl", hierarchy.layer_kl, good, "model", [*bad_models(), ("a VAE model", BERN, TypeError)])
+_table("hierarchy.layer_kl", hierarchy.layer_kl, good, "x", bad_tensors(XB))
+_one("hierarchy.layer_kl", hierarchy.layer_kl, good, "x", "grey levels for a Bernoulli model", XG, ValueError,
+     says=("binary",))
+_table("hierarchy.layer_kl", hierarchy.layer_kl, good, "n_samples", bad_counts())
+_table("hierarchy.layer_kl", hierarchy.layer_kl, good, "generator", bad_generators())
+
+
 # Public callables with no bad inputs to try, and why.
 EXEMPT = {
+    "evaluate.Report": "result container (a dataclass) built by report()",
+    "inference_gap.GapReport": "result container (a dataclass) built by gap_decomposition()",
+    "priors.Surgery": "result container (a dataclass) built by elbo_surgery()",
+    "flows.MaskedLinear.forward": "nn.Module.forward on the hot path: a wrong shape is torch's own error",
+    "flows.IAFTransform.log_abs_det_jacobian": "torch Transform hook called by TransformedDistribution on its own "
+                                               "draws: a wrong shape is torch's own error",
+    "hierarchy.Chain.split": "splits the last dimension like Tensor.split: a wrong shape is torch's own error",
+    "hierarchy.TwoLevelEncoder.forward": "nn.Module.forward on the hot path (VAE.posterior checks x first)",
+    "hierarchy.TwoLevelPrior.forward": "takes no input (the context is ignored)",
+    "hierarchy.LowerDecoder.forward": "nn.Module.forward on the hot path (VAE.likelihood checks z first)",
+    "posteriors.FullCovarianceEncoder.forward": "nn.Module.forward on the hot path (VAE.posterior checks x first)",
+    "posteriors.IAFEncoder.forward": "nn.Module.forward on the hot path (VAE.posterior checks x first)",
+    "priors.MixturePrior.forward": "takes no input (the context is ignored)",
     "ActiveUnits": "result container built by active_units()",
     "ELBOTerms": "result container built by elbo()",
     "ELBOTerms.detach": "no arguments",

@@ -617,8 +617,129 @@ for _name, _kw in (("log_evidence_quadrature", {"n_points": 11, "max_points": 10
     bad(f"toy.{_name}", "float32 data", fixed(lambda fn=_fn, kw=_kw: fn(LG, XL.float(), **kw)))
 
 
+# vaelib.evaluate, flows, posteriors, priors, hierarchy (Part II) and inference_gap's decomposition.
+from vaelib import evaluate, flows, hierarchy, posteriors, priors  # noqa: E402
+
+
+def forked(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` under a forked, seeded global generator: for what draws from it by design, as torch does (an
+    unseeded nn.Module's initial parameters, a torch.distributions draw without a generator), not vaelib's
+    doing. (vaelib.distributions.draw is the seeded way to draw; two_level_vae and the encoders take a seed.)"""
+    def call():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return fn()
+    return call
+
+
+model_calls("inference_gap.moment_gaussian", lambda m: inference_gap.moment_gaussian(m, XB, 4, generator=gen()),
+            parts=("encoder",))
+bad("inference_gap.moment_gaussian", "one sample",
+    lambda: (lambda m=builtin(): inference_gap.moment_gaussian(m, XB, 1, generator=gen())))
+ok("inference_gap.gap_decomposition", "built-in MLP",
+   lambda: (lambda m=builtin(): inference_gap.gap_decomposition(m, XB[:2], steps=2, k=4, n_samples=4, seed=1)))
+bad("inference_gap.gap_decomposition", "decoder raises from call 2",
+    lambda: (lambda m=custom("decoder", 2): inference_gap.gap_decomposition(m, XB[:2], steps=2, k=4, n_samples=4)))
+bad("inference_gap.gap_decomposition", "unknown family",
+    lambda: (lambda m=builtin(): inference_gap.gap_decomposition(m, XB[:2], family="banded")))
+_GAP = dict(elbo=MU[:, 0], elbo_se=LV[:, 0], best=MU[:, 0], best_se=LV[:, 0], log_p=MU[:, 0], log_p_se=LV[:, 0])
+ok("inference_gap.GapReport", "fields", fixed(lambda: inference_gap.GapReport(**_GAP, family="diagonal", k=4)))
+bad("inference_gap.GapReport", "missing fields", fixed(lambda: inference_gap.GapReport(MU[:, 0])))
+ok("evaluate.report", "built-in MLP, with a gap decomposition",
+   lambda: (lambda m=builtin(): evaluate.report(m, XB, XB[:2], None, k=4, n_nll=2, n_samples=2, gap_steps=2,
+                                                gap_k=4, seed=1)))
+bad("evaluate.report", "decoder raises from call 3",
+    lambda: (lambda m=custom("decoder", 3): evaluate.report(m, XB, k=4, n_nll=2, n_samples=2)))
+bad("evaluate.report", "n_nll beyond the data", lambda: (lambda m=builtin(): evaluate.report(m, XB, n_nll=6)))
+ok("evaluate.Report", "fields", fixed(lambda: evaluate.Report(MU[:, 0], MU[:, 0], 4, 1, {}, 10, 0.0)))
+bad("evaluate.Report", "missing fields", fixed(lambda: evaluate.Report(MU[:, 0])))
+
+_MASK = torch.ones(3, 2)
+ok("flows.MaskedLinear", "valid", fixed(lambda: forked(lambda: flows.MaskedLinear(2, 3, _MASK))()))
+# (MaskedLinear and LowerDecoder check their sizes after nn.Linear has drawn its initial weights: forked.)
+bad("flows.MaskedLinear", "wrong mask shape", fixed(forked(lambda: flows.MaskedLinear(2, 3, _MASK[:, :1]))))
+ok("flows.MaskedLinear.forward", "valid", lambda: (lambda l=forked(lambda: flows.MaskedLinear(2, 3, _MASK))(): l(MU)))
+bad("flows.MaskedLinear.forward", "wrong size", lambda: (lambda l=forked(lambda: flows.MaskedLinear(2, 3, _MASK))(): l(MU[:, :1])))
+ok("flows.MADE", "with a context", fixed(lambda: forked(lambda: flows.MADE(2, (4,), context_dim=3, reverse=True))()))
+bad("flows.MADE", "one dimension", fixed(lambda: flows.MADE(1, (4,))))
+ok("flows.MADE.forward", "with a context", lambda: (lambda f=forked(lambda: flows.MADE(2, (4,), 3))(): f(MU, torch.zeros(5, 3))))
+bad("flows.MADE.forward", "no context", lambda: (lambda f=forked(lambda: flows.MADE(2, (4,), 3))(): f(MU)))
+ok("flows.IAFTransform", "valid", lambda: (lambda f=forked(lambda: flows.MADE(2, (4,)))(): flows.IAFTransform(f)))
+bad("flows.IAFTransform", "not a MADE", fixed(lambda: flows.IAFTransform(forked(lambda: nn.Linear(2, 4))())))
+ok("flows.IAFTransform.log_abs_det_jacobian", "valid",
+   lambda: (lambda t=flows.IAFTransform(forked(lambda: flows.MADE(2, (4,)))()): t.log_abs_det_jacobian(MU, t(MU))))
+bad("flows.IAFTransform.log_abs_det_jacobian", "wrong size",
+    lambda: (lambda t=flows.IAFTransform(forked(lambda: flows.MADE(2, (4,)))()): t.log_abs_det_jacobian(MU[:, :1], MU[:, :1])))
+
+ok("posteriors.FullCovarianceEncoder", "seeded", fixed(lambda: posteriors.FullCovarianceEncoder(X_DIM, Z_DIM, (4,))))
+bad("posteriors.FullCovarianceEncoder", "zero z_dim", fixed(lambda: posteriors.FullCovarianceEncoder(X_DIM, 0, (4,))))
+ok("posteriors.FullCovarianceEncoder.forward", "valid",
+   lambda: (lambda e=posteriors.FullCovarianceEncoder(X_DIM, Z_DIM, (4,)): e(XB)))
+bad("posteriors.FullCovarianceEncoder.forward", "wrong size",
+    lambda: (lambda e=posteriors.FullCovarianceEncoder(X_DIM, Z_DIM, (4,)): e(XB[:, :3])))
+_IAF = {"hidden": (4,), "steps": 2, "made_hidden": (4,), "context_dim": 3}
+ok("posteriors.IAFEncoder", "seeded", fixed(lambda: posteriors.IAFEncoder(X_DIM, Z_DIM, **_IAF)))
+bad("posteriors.IAFEncoder", "one latent dimension", fixed(lambda: posteriors.IAFEncoder(X_DIM, 1, **_IAF)))
+ok("posteriors.IAFEncoder.forward", "a draw scored",
+   lambda: (lambda e=posteriors.IAFEncoder(X_DIM, Z_DIM, **_IAF): vdist.log_prob(e(XB), vdist.draw(e(XB), (2,), gen()))))
+bad("posteriors.IAFEncoder.forward", "wrong size",
+    lambda: (lambda e=posteriors.IAFEncoder(X_DIM, Z_DIM, **_IAF): e(XB[:, :3])))
+model_calls("priors.elbo_surgery", lambda m: priors.elbo_surgery(m, XB, 2, generator=gen()))
+bad("priors.elbo_surgery", "one image", lambda: (lambda m=builtin(): priors.elbo_surgery(m, XB[:1], generator=gen())))
+ok("priors.Surgery", "fields", fixed(lambda: priors.Surgery(0.0, 0.0, None, 0.0, 0.0, 0.0, 0.0, 5)))
+bad("priors.Surgery", "missing fields", fixed(lambda: priors.Surgery(0.0)))
+ok("priors.MixturePrior", "seeded", fixed(lambda: priors.MixturePrior(Z_DIM, 3, seed=1)))
+bad("priors.MixturePrior", "zero components", fixed(lambda: priors.MixturePrior(Z_DIM, 0)))
+ok("priors.MixturePrior.forward", "no context", lambda: (lambda p=priors.MixturePrior(Z_DIM, 3): p()))
+ok("priors.VampPrior", "seeded", lambda: (lambda m=builtin(): priors.VampPrior(m.encoder, X_DIM, 3, seed=1)))
+bad("priors.VampPrior", "not a module", fixed(lambda: priors.VampPrior(3, X_DIM, 3)))
+ok("priors.VampPrior.forward", "built-in encoder",
+   lambda: (lambda p=priors.VampPrior(builtin().encoder, X_DIM, 3): p()))
+bad("priors.VampPrior.forward", "an encoder returning a tensor",
+    lambda: (lambda p=priors.VampPrior(forked(lambda: nn.Linear(X_DIM, Z_DIM))(), X_DIM, 3): p()))
+
+
+def _two() -> vaelib.VAE:
+    with torch.random.fork_rng(devices=[]):
+        return hierarchy.two_level_vae(X_DIM, 1, 1, hidden=(4,), hidden2=(4,))
+
+
+ok("hierarchy.two_level_vae", "seeded", fixed(lambda: hierarchy.two_level_vae(X_DIM, 1, 1, (4,), (4,))))
+bad("hierarchy.two_level_vae", "zero z2_dim", fixed(lambda: hierarchy.two_level_vae(X_DIM, 1, 0, (4,), (4,))))
+ok("hierarchy.layer_kl", "two-level", lambda: (lambda m=_two(): hierarchy.layer_kl(m, XB, 2, gen())))
+bad("hierarchy.layer_kl", "one-level", lambda: (lambda m=builtin(): hierarchy.layer_kl(m, XB, 2, gen())))
+bad("hierarchy.layer_kl", "grey levels", lambda: (lambda m=_two(): hierarchy.layer_kl(m, XG, 2, gen())))
+ok("hierarchy.TwoLevelEncoder", "valid", fixed(lambda: forked(lambda: hierarchy.TwoLevelEncoder(X_DIM, 1, 1, (4,), (4,)))()))
+bad("hierarchy.TwoLevelEncoder", "zero z1_dim", fixed(lambda: hierarchy.TwoLevelEncoder(X_DIM, 0, 1, (4,), (4,))))
+ok("hierarchy.TwoLevelEncoder.forward", "valid", lambda: (lambda m=_two(): m.encoder(XB)))
+bad("hierarchy.TwoLevelEncoder.forward", "wrong size", lambda: (lambda m=_two(): m.encoder(XB[:, :3])))
+ok("hierarchy.TwoLevelPrior", "valid", fixed(lambda: forked(lambda: hierarchy.TwoLevelPrior(1, 1, (4,)))()))
+bad("hierarchy.TwoLevelPrior", "zero z1_dim", fixed(lambda: hierarchy.TwoLevelPrior(0, 1, (4,))))
+ok("hierarchy.TwoLevelPrior.forward", "no context", lambda: (lambda m=_two(): m.prior_module()))
+ok("hierarchy.LowerDecoder", "valid", fixed(lambda: forked(lambda: hierarchy.LowerDecoder(1, 1, X_DIM, (4,)))()))
+bad("hierarchy.LowerDecoder", "zero x_dim", fixed(forked(lambda: hierarchy.LowerDecoder(1, 1, 0, (4,)))))
+ok("hierarchy.LowerDecoder.forward", "valid", lambda: (lambda m=_two(): m.decoder(MU)))
+bad("hierarchy.LowerDecoder.forward", "wrong size", lambda: (lambda m=_two(): m.decoder(MU[:, :0])))
+_N2 = vdist.StandardNormal(2)
+_CHAIN = hierarchy.Chain(_N2, lambda a: Independent(Normal(a[..., :1], 1.0), 1), (2, 1))
+_BAD_CHAIN = hierarchy.Chain(_N2, lambda a: vdist.StandardNormal(3), (2, 1))  # then(a) of the wrong size
+ok("hierarchy.Chain", "valid", fixed(lambda: hierarchy.Chain(_N2, lambda a: vdist.StandardNormal(1), (2, 1))))
+bad("hierarchy.Chain", "wrong event shape", fixed(lambda: hierarchy.Chain(_N2, lambda a: _N2, (3, 1))))
+_V = torch.zeros(4, 3)
+for _method, _args in (("rsample", ((2,),)), ("sample", ((2,),)), ("log_prob", (_V,)), ("layer_log_probs", (_V,)),
+                       ("split", (_V,))):
+    ok(f"hierarchy.Chain.{_method}", "valid", fixed(forked(lambda m=_method, a=_args: getattr(_CHAIN, m)(*a))))
+    if _method == "split":
+        bad("hierarchy.Chain.split", "wrong size", fixed(lambda: _CHAIN.split(_V[:, :2])))
+    else:
+        bad(f"hierarchy.Chain.{_method}", "then(a) of the wrong size",
+            fixed(forked(lambda m=_method, a=_args: getattr(_BAD_CHAIN, m)(*a))))
+
+
 #: Public callables with no call that raises here, and why.
 NO_RAISING_CALL = {
+    "priors.MixturePrior.forward": "takes no input (the context is ignored)",
+    "hierarchy.TwoLevelPrior.forward": "takes no input (the context is ignored)",
     "VAE.extra_repr": "no argument",
     "ELBOTerms.detach": "no argument",
     "data.load_digits_8x8": "no argument",

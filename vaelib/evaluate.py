@@ -26,7 +26,7 @@ from ._validate import check_int
 from .elbo import active_units, elbo
 from .inference_gap import GapReport, gap_decomposition
 from .iwae import log_likelihood
-from .model import VAE
+from .model import VAE, check_data_support
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,7 @@ def report(
     if not isinstance(model, VAE):
         raise TypeError(f"model must be a vaelib.VAE, got {type(model).__name__}")
     x_test = model.check_x(x_test, "x_test")
+    check_data_support(model, x_test, name="x_test")
     n_nll = check_int("n_nll", n_nll, maximum=x_test.shape[0])
     seed = check_int("seed", seed, minimum=0)
     with torch.no_grad():

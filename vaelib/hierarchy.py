@@ -92,7 +92,7 @@ class Chain(Distribution):
         return self.first.log_prob(a) + self._then(a).log_prob(b)
 
     def layer_log_probs(self, value: Tensor) -> tuple[Tensor, Tensor]:
-        """``(log first(a), log then(a)(b))``: the two terms of :meth:`log_prob`, one per layer."""
+        """``(log first(a), log then(a)(b))``: the two terms of ``log_prob``, one per layer."""
         a, b = self.split(value)
         return self.first.log_prob(a), self._then(a).log_prob(b)
 
