@@ -62,14 +62,16 @@ ROOT = Path(__file__).resolve().parents[1]
 #: concurrent trainings correct, but the second would still wait for the first).
 AFTER: dict[str, str] = {"book/ch7_evaluation.md": "book/ch6_generative.md",
                          "book/ch9_tighter_bounds.md": "book/ch8_richer_posteriors.md",
-                         "book/ch10_priors_hierarchy.md": "book/ch8_richer_posteriors.md"}
+                         "book/ch10_learned_priors.md": "book/ch9_tighter_bounds.md",
+                         "book/ch11_hierarchy.md": "book/ch10_learned_priors.md"}
 
 #: Rough execution seconds of the long chapters on a 2-core laptop, used only to start the longest
 #: first (a chapter that has to wait for another counts towards the one it waits for). Chapters not
 #: listed count as :data:`DEFAULT_SECONDS`.
 SECONDS_HINT: dict[str, float] = {"book/ch6_generative.md": 60.0, "book/ch7_evaluation.md": 40.0,
                                   "book/ch8_richer_posteriors.md": 60.0, "book/ch9_tighter_bounds.md": 55.0,
-                                  "book/ch10_priors_hierarchy.md": 55.0}
+                                  "book/ch10_learned_priors.md": 45.0,
+                                  "book/ch11_hierarchy.md": 50.0}
 DEFAULT_SECONDS = 15.0
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")

@@ -19,12 +19,12 @@ module                         what it holds                                    
 :mod:`vaelib.cache`            training once for several chapters (a memo of ``fit``)                  6, 7
 :mod:`vaelib.iwae`             the importance-weighted bound and log-likelihood estimates              6, 7
 :mod:`vaelib.folding`          the folded decoder (log_likelihood's fast path for the built-in MLP)    6, 7
-:mod:`vaelib.inference_gap`    the best Gaussian for each image (the inference gap)                    7, 8-10
-:mod:`vaelib.evaluate`         one row of Part II's table: a model measured as in chapter 7          8-10
+:mod:`vaelib.inference_gap`    the best Gaussian for each image (the inference gap)                    7-11
+:mod:`vaelib.evaluate`         one row of Part II's table: a model measured as in chapter 7            8-11
 :mod:`vaelib.flows`            inverse autoregressive flows (MADE, one IAF step as a Transform)        8
 :mod:`vaelib.posteriors`       richer encoders: full covariance, IAF                                   8
 :mod:`vaelib.priors`           learned priors (mixture, VampPrior), ELBO surgery                       10
-:mod:`vaelib.hierarchy`        the two-level VAE, z2 -> z1 -> x, and its per-layer KL                 10
+:mod:`vaelib.hierarchy`        the two-level VAE, z2 -> z1 -> x, and its per-layer KL                  11
 :mod:`vaelib.generate`         sampling from the prior, interpolation                                  6
 :mod:`vaelib.data`             bundled real digits, IDX reader                                         4, 6
 :mod:`vaelib.checkpoint`       safe save/load                                                          6

@@ -1,6 +1,6 @@
 r"""One row of Part II's table: a trained model measured the way chapter 7 measures the book's model.
 
-Chapters 8 to 10 train several models on the same data with the same recipe, and compare them with one
+Chapters 8 to 11 train several models on the same data with the same recipe, and compare them with one
 protocol, :func:`report`:
 
 * the test ELBO (``n_samples`` draws per image) and a test NLL estimate, :math:`-\mathcal{L}_K` over the test

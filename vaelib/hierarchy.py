@@ -1,4 +1,4 @@
-r"""A two-level hierarchical VAE (chapter 8): :math:`z_2 \to z_1 \to x`, read as one VAE over :math:`z = (z_1, z_2)`.
+r"""A two-level hierarchical VAE (chapter 11): :math:`z_2 \to z_1 \to x`, read as one VAE over :math:`z = (z_1, z_2)`.
 
 The generative model is top-down, :math:`p(z_2)\,p_\theta(z_1|z_2)\,p_\theta(x|z_1)` with
 :math:`p(z_2) = \mathcal{N}(0, I)`; the posterior is bottom-up, :math:`q_\phi(z_1|x)\,q_\phi(z_2|z_1)`, both

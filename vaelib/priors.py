@@ -1,4 +1,4 @@
-r"""Learned priors and the aggregate posterior (chapter 8): "ELBO surgery" and the priors that fill the hole.
+r"""Learned priors and the aggregate posterior (chapter 10): "ELBO surgery" and the priors that fill the hole.
 
 Averaged over a data set :math:`\{x_n\}_{n=1}^N`, the ELBO's KL term splits in two (Hoffman & Johnson 2016):
 
