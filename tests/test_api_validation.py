@@ -972,6 +972,13 @@ _table("evaluate.report", evaluate.report, good, "n_nll", [("zero count", 0, Val
                                                            ("as many as the data", 6, ValueError)])
 _table("evaluate.report", evaluate.report, good, "seed", bad_counts(minimum=0))
 
+_V = torch.tensor([1.0, 2.0, 4.0])
+good = {"a": _V, "b": _V + 1}
+_table("evaluate.paired_difference", evaluate.paired_difference, good, "a", bad_tensors(_V))
+_table("evaluate.paired_difference", evaluate.paired_difference, good, "b", bad_tensors(_V))
+_one("evaluate.paired_difference", evaluate.paired_difference, {"a": _V[:1], "b": _V[:1]}, "a",
+     "one sample (no standard error)", _V[:1], ValueError)
+
 _MASK = torch.ones(3, 2)
 _table("flows.MaskedLinear", flows.MaskedLinear, {"in_features": 2, "out_features": 3, "mask": _MASK}, "mask",
        [("wrong size", _MASK[:, :1], ValueError)])

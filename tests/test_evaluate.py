@@ -65,3 +65,14 @@ def test_errors_name_the_argument(trained):
         report(model, x, n_nll=41)
     with pytest.raises(TypeError, match="VAE"):
         report(object(), x)
+
+
+def test_paired_difference_is_the_mean_and_se_of_the_differences():
+    a = torch.tensor([1.0, 2.0, 4.0, 7.0], dtype=torch.float64)
+    b = a + torch.tensor([0.5, 0.7, 0.4, 0.6], dtype=torch.float64)
+    mean, se = vaelib.evaluate.paired_difference(a, b)
+    d = [0.5, 0.7, 0.4, 0.6]
+    m = sum(d) / 4
+    sd = math.sqrt(sum((v - m) ** 2 for v in d) / 3)
+    assert mean == pytest.approx(m) and se == pytest.approx(sd / 2)
+    assert se < math.sqrt(a.var().item() / 4 + b.var().item() / 4)  # pairing removes the shared spread

@@ -651,6 +651,9 @@ ok("evaluate.report", "built-in MLP, with a gap decomposition",
 bad("evaluate.report", "decoder raises from call 3",
     lambda: (lambda m=custom("decoder", 3): evaluate.report(m, XB, k=4, n_nll=2, n_samples=2)))
 bad("evaluate.report", "n_nll beyond the data", lambda: (lambda m=builtin(): evaluate.report(m, XB, n_nll=6)))
+ok("evaluate.paired_difference", "two models' values", fixed(lambda: evaluate.paired_difference(MU[:, 0], LV[:, 0])))
+bad("evaluate.paired_difference", "different lengths",
+    fixed(lambda: evaluate.paired_difference(MU[:, 0], LV[:-1, 0])))
 ok("evaluate.Report", "fields", fixed(lambda: evaluate.Report(MU[:, 0], MU[:, 0], 4, 1, {}, 10, 0.0)))
 bad("evaluate.Report", "missing fields", fixed(lambda: evaluate.Report(MU[:, 0])))
 

@@ -19,16 +19,7 @@ from vaelib.hierarchy import Chain, LowerDecoder, TwoLevelEncoder, TwoLevelPrior
 F64 = torch.float64
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _binary(n: int, x_dim: int, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
-    g = _gen(seed)
-    protos = (torch.rand(4, x_dim, generator=g) < 0.5).to(dtype)
-    idx = torch.randint(0, 4, (n,), generator=g)
-    flips = (torch.rand(n, x_dim, generator=g) < 0.1).to(dtype)
-    return (protos[idx] + flips) % 2
+from test_priors import _binary, _gen  # noqa: E402  (the same small data and seeds)
 
 
 def _log_normal(v: torch.Tensor, loc: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

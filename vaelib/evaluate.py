@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._validate import check_int
+from ._validate import check_int, check_same_shape, check_tensor
 from .elbo import active_units, elbo
-from .inference_gap import GapReport, gap_decomposition
+from .inference_gap import GapReport, gap_decomposition, _mean_se
 from .iwae import log_likelihood
 from .model import VAE, check_data_support
 
@@ -51,20 +51,15 @@ class Report:
     parameters: int
     seconds: float
 
-    @staticmethod
-    def mean_se(v: Tensor) -> tuple[float, float]:
-        """Mean of ``v`` and its standard error (independent entries)."""
-        return v.mean().item(), (v.std() / math.sqrt(v.numel())).item()
-
     @property
     def test_elbo(self) -> tuple[float, float]:
         """Mean test ELBO (nats) and its SE."""
-        return self.mean_se(self.elbo)
+        return _mean_se(self.elbo)
 
     @property
     def nll(self) -> tuple[float, float]:
         r"""Test NLL estimate :math:`-\overline{\mathcal{L}_K}` (nats, an upper bound in expectation) and its SE."""
-        m, s = self.mean_se(self.log_p)
+        m, s = _mean_se(self.log_p)
         return -m, s
 
 
@@ -106,3 +101,20 @@ def report(
             for name, xs in (("train", gap_train), ("test", gap_test)) if xs is not None}
     parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return Report(elbos.detach(), log_p.detach(), k, active, gaps, parameters, float(seconds))
+
+
+def paired_difference(a: Tensor, b: Tensor) -> tuple[float, float]:
+    r"""Mean of ``b - a`` over paired entries (the same images, the same draws) and its standard error,
+    :math:`\operatorname{sd}(b_n - a_n)/\sqrt{n}`: the spread of the per-item differences, smaller than the
+    two means' errors combined when the items vary together (as the ELBOs of two models on the same images do).
+
+    Args:
+        a, b: ``(n,)`` per-item values of two models, ``n >= 2``, in the same order (e.g. two :class:`Report`
+            s' ``log_p``).
+    """
+    a = check_tensor("a", a, ndim=1)
+    b = check_tensor("b", b, ndim=1)
+    check_same_shape("a", a, "b", b)
+    if a.shape[0] < 2:
+        raise ValueError(f"a and b must hold at least 2 paired values, got {a.shape[0]}")
+    return _mean_se(b - a)

@@ -26,7 +26,7 @@ from torch.distributions import Distribution, constraints
 
 from ._validate import check_count, check_generator, check_int
 from .distributions import DiagonalNormal, StandardNormal, draw, log_prob
-from .model import VAE, _relu_mlp, seeded, check_data_support, run_posterior, run_prior
+from .model import VAE, MLPEncoder, _relu_mlp, seeded, check_data_support, run_posterior, run_prior
 
 
 class Chain(Distribution):
@@ -97,19 +97,12 @@ class Chain(Distribution):
         return self.first.log_prob(a), self._then(a).log_prob(b)
 
 
-class _GaussianHead(nn.Module):
-    """An MLP from ``n_in`` to the ``(mu, logvar)`` of a diagonal Gaussian over ``n_out``."""
+class _GaussianHead(MLPEncoder):
+    """The book's encoder (:class:`vaelib.model.MLPEncoder`) from ``n_in`` to a diagonal Gaussian over ``n_out``."""
 
-    def __init__(self, n_in: int, hidden: Sequence[int], n_out: int) -> None:
-        super().__init__()
-        sizes = (n_in, *hidden)
-        self.body = _relu_mlp(sizes)
-        self.to_mu = nn.Linear(sizes[-1], n_out)
-        self.to_logvar = nn.Linear(sizes[-1], n_out)
-
-    def forward(self, h: Tensor) -> DiagonalNormal:
-        h = self.body(h)
-        return DiagonalNormal(self.to_mu(h), self.to_logvar(h), validate_args=False)
+    def forward(self, h: Tensor) -> DiagonalNormal:  # type: ignore[override]
+        mu, logvar = super().forward(h)
+        return DiagonalNormal(mu, logvar, validate_args=False)
 
 
 class TwoLevelEncoder(nn.Module):

@@ -242,6 +242,12 @@ def moment_gaussian(model: VAE, x: Tensor, n_samples: int = 1000, generator: tor
     return Gaussian(mu, torch.diagonal(tril, dim1=-2, dim2=-1).log(), tril.tril(-1))
 
 
+def _mean_se(v: Tensor) -> tuple[float, float]:
+    """Mean of the entries of ``v`` and its standard error, ``v.std() / sqrt(n)`` (independent entries; for a
+    paired difference, pass the per-item differences)."""
+    return v.mean().item(), (v.std() / math.sqrt(v.numel())).item()
+
+
 @dataclass(frozen=True)
 class GapReport:
     r"""Chapter 7's decomposition of the ELBO's gap on a set of images, each entry ``(n,)`` per image with its
@@ -265,26 +271,22 @@ class GapReport:
     family: str
     k: int
 
-    @staticmethod
-    def _mean_se(v: Tensor) -> tuple[float, float]:
-        return v.mean().item(), (v.std() / math.sqrt(v.numel())).item()
-
     @property
     def amortisation(self) -> tuple[float, float]:
         r""":math:`\mathcal{L}[q^*] - \mathcal{L}[q_\phi]`, mean over the images and its standard error (the
         spread over images; the Monte Carlo error of each image's estimate is far smaller). Negative when
         the encoder beats every Gaussian of the family (a flow)."""
-        return self._mean_se(self.best - self.elbo)
+        return _mean_se(self.best - self.elbo)
 
     @property
     def approximation(self) -> tuple[float, float]:
         r""":math:`\log p_\theta(x) - \mathcal{L}[q^*]`: what no Gaussian of the family fits."""
-        return self._mean_se(self.log_p - self.best)
+        return _mean_se(self.log_p - self.best)
 
     @property
     def total(self) -> tuple[float, float]:
         r""":math:`\log p_\theta(x) - \mathcal{L}[q_\phi]`: the whole gap of the encoder."""
-        return self._mean_se(self.log_p - self.elbo)
+        return _mean_se(self.log_p - self.elbo)
 
 
 def gap_decomposition(
@@ -293,8 +295,8 @@ def gap_decomposition(
 ) -> GapReport:
     r"""Chapter 7's decomposition for ``model`` on the images ``x``: encoder, best Gaussian, :math:`\log p`.
 
-    Fits :math:`q^*` of ``family`` to each image (:func:`fit_gaussian`, ``steps`` Adam steps; a full fit starts
-    from a diagonal one with the same number of steps, then runs twice as many), the best full-covariance
+    Fits :math:`q^*` of ``family`` to each image (:func:`fit_gaussian`: the diagonal fit runs ``steps`` Adam steps,
+    the full-covariance fit starts from it and runs ``2 * steps``), the best full-covariance
     Gaussian (the same fit when ``family="full"``) as the proposal of :math:`\mathcal{L}_K`, and scores
     the encoder, :math:`q^*` and :math:`\log p` with fresh draws. A Gaussian encoder is the start of the fits;
     any other (a flow) starts from its moments (:func:`moment_gaussian`). Everything is seeded by ``seed``.
