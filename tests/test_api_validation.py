@@ -2,7 +2,8 @@
 
 ``CASES`` is a table: for every public callable of ``vaelib`` (every name in ``vaelib.__all__``, the
 public functions and classes of its modules there, ``vaelib.toy``, ``data``, ``plot``, ``distributions``,
-``objectives``, ``inference_gap``, ``folding``, and the public methods of their classes), bad inputs of
+``objectives``, ``inference_gap``, ``folding``, ..., and ``vaelib.diffusion`` and ``model.GreyLevelDecoder``
+(``EXTRA_MODULES``, ``EXTRA_CALLABLES``), and the public methods of their classes), bad inputs of
 every class that applies to it: wrong type (list, NumPy array, integer tensor, wrong dtype), wrong rank or
 size, an empty batch, NaN and inf, zero/negative/non-integer counts, grey levels for a Bernoulli model, a
 model and data of different sizes, unknown options, and what a model of one's own may get wrong (an
@@ -41,6 +42,8 @@ import vaelib
 from vaelib import distributions as vdist
 from vaelib import folding, inference_gap, objectives, toy
 from vaelib.data import Digits
+
+import vaelib.diffusion  # noqa: E402,F401  (walked with the modules of vaelib.__all__: EXTRA_MODULES)
 
 # --- good arguments, built once ---------------------------------------------------------------------
 
@@ -1055,6 +1058,195 @@ _table("hierarchy.layer_kl", hierarchy.layer_kl, good, "n_samples", bad_counts()
 _table("hierarchy.layer_kl", hierarchy.layer_kl, good, "generator", bad_generators())
 
 
+# vaelib.diffusion (chapter 12), with the discretised Gaussian and the VAE decoder that share its likelihood.
+from vaelib import diffusion as vdiff  # noqa: E402
+from vaelib.model import GreyLevelDecoder  # noqa: E402
+
+
+def bad_times(per_row: int | None = None):
+    """Bad values for a time in [0, 1] (``per_row``: it may also be one time per row of that many)."""
+    yield "negative number", -0.1, ValueError
+    yield "time above 1", 1.5, ValueError
+    yield "NaN number", math.nan, ValueError
+    yield "inf number", math.inf, ValueError
+    yield "integer beyond float", 10**400, ValueError
+    yield "string number", "0.5", TypeError
+    yield "None number", None, TypeError
+    yield "list", [0.5], TypeError
+    yield "int tensor", torch.tensor([0, 1]), TypeError
+    yield "NaN", torch.tensor(math.nan), ValueError
+    if per_row is not None:
+        yield "rows unlike x's", torch.full((per_row + 1,), 0.5), ValueError
+
+
+def bad_schedules():
+    yield "not a schedule", "linear", TypeError
+    yield "a schedule class", vdiff.LinearLogSNR, TypeError
+
+
+SCHED = vdiff.LinearLogSNR()
+DNET = vdiff.DenoisingMLP(6, width=8, blocks=1, frequencies=2, seed=0)
+DIFF = vdiff.Diffusion(DNET, 6)
+DIFF_Q = vdiff.Diffusion(vdiff.DenoisingMLP(6, width=8, blocks=1, frequencies=2, seed=0), 6, levels=17)
+XQ = torch.randint(0, 17, (5, 6), generator=_g).float() / 8 - 1  # on DIFF_Q's grid of 17 values in [-1, 1]
+NOISE = torch.zeros(3, 3, 6)  # reverse_process(DIFF, 3, 2): (steps + 1, n, d)
+MIX = torch.distributions.MixtureSameFamily(torch.distributions.Categorical(logits=torch.zeros(2)),
+                                            torch.distributions.MultivariateNormal(torch.zeros(2, 2), torch.eye(2)))
+
+
+class _EpsNet(torch.nn.Module):
+    """A noise predictor of one's own (not a DenoisingMLP: it cannot be exported)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(6, 6)
+
+    def forward(self, z, logsnr):
+        return self.lin(z)
+
+
+_table("diffusion.check_time", vdiff.check_time, {"name": "t", "t": 0.5}, "t", bad_times())
+for _cls in (vdiff.Schedule, vdiff.LinearLogSNR, vdiff.CosineLogSNR):
+    _api = f"diffusion.{_cls.__name__}"
+    good = {"logsnr_max": 7.0, "logsnr_min": -9.0}
+    _table(_api, _cls, good, "logsnr_max", [*bad_reals(negative=False), ("beyond +-30", 31.0, ValueError)])
+    _table(_api, _cls, good, "logsnr_min", [*bad_reals(negative=False), ("beyond +-30", -31.0, ValueError),
+                                            ("end points in the wrong order", 8.0, ValueError)])
+    _methods = ("alpha", "sigma", "snr") if _cls is vdiff.Schedule else ("logsnr", "dlogsnr")
+    for _m in _methods:  # (Schedule's own methods, called on a schedule that defines logsnr)
+        _table(f"{_api}.{_m}", getattr(vdiff.CosineLogSNR(), _m), {"t": 0.5}, "t", bad_times())
+good = {"schedule": SCHED, "x": XG, "t": 0.5}
+_table("diffusion.marginal", vdiff.marginal, good, "schedule", bad_schedules())
+_table("diffusion.marginal", vdiff.marginal, good, "x", bad_tensors(XG, size=False))
+_table("diffusion.marginal", vdiff.marginal, good, "t", bad_times(per_row=5))
+good = {"schedule": SCHED, "z_s": XG, "s": 0.2, "t": 0.5}
+_table("diffusion.transition", vdiff.transition, good, "schedule", bad_schedules())
+_table("diffusion.transition", vdiff.transition, good, "z_s", bad_tensors(XG, size=False))
+for _a in ("s", "t"):
+    _table("diffusion.transition", vdiff.transition, good, _a, bad_times(per_row=5))
+_one("diffusion.transition", vdiff.transition, good, "s", "s not before t", 0.5, ValueError)
+good = {"schedule": SCHED, "z_t": XG, "x": XG, "s": 0.2, "t": 0.5}
+_table("diffusion.forward_posterior", vdiff.forward_posterior, good, "schedule", bad_schedules())
+for _a in ("z_t", "x"):
+    _table("diffusion.forward_posterior", vdiff.forward_posterior, good, _a, bad_tensors(XG))
+for _a in ("s", "t"):
+    _table("diffusion.forward_posterior", vdiff.forward_posterior, good, _a, bad_times(per_row=5))
+_one("diffusion.forward_posterior", vdiff.forward_posterior, good, "s", "s not before t", 0.6, ValueError)
+
+good = {"x_dim": 6, "width": 8, "blocks": 1, "frequencies": 2, "seed": 0}
+for _a in ("x_dim", "width", "frequencies"):
+    _table("diffusion.DenoisingMLP", vdiff.DenoisingMLP, good, _a, bad_counts())
+_table("diffusion.DenoisingMLP", vdiff.DenoisingMLP, good, "blocks", bad_counts(minimum=0))
+_table("diffusion.DenoisingMLP", vdiff.DenoisingMLP, good, "seed", bad_counts(minimum=0, optional=True))
+good = {"net": DNET, "x_dim": 6, "schedule": None, "levels": None}
+_table("diffusion.Diffusion", vdiff.Diffusion, good, "net", [("int module", 3, TypeError),
+                                                             ("function module", lambda z, lam: z, TypeError)])
+_table("diffusion.Diffusion", vdiff.Diffusion, good, "x_dim", [*bad_counts(), ("network for another x_dim", 5,
+                                                                               ValueError)])
+_table("diffusion.Diffusion", vdiff.Diffusion, good, "schedule", bad_schedules())
+_table("diffusion.Diffusion", vdiff.Diffusion, good, "levels", [*bad_counts(minimum=2, optional=True),
+                                                                ("one", 1, ValueError)])
+_table("diffusion.Diffusion.check_z", DIFF.check_z, {"z": XG}, "z", bad_tensors(XG))
+_one("diffusion.Diffusion.check_z", DIFF.check_z, {"z": XG}, "z", "float64 data for a float32 model", XG.double(),
+     TypeError)
+for _m in ("eps", "x_hat", "score", "reverse"):
+    good = {"z_t": XG, "t": 0.5, **({"s": 0.2} if _m == "reverse" else {})}
+    _fn = getattr(DIFF, _m)
+    _table(f"diffusion.Diffusion.{_m}", _fn, good, "z_t", bad_tensors(XG))
+    _one(f"diffusion.Diffusion.{_m}", _fn, good, "z_t", "float64 data for a float32 model", XG.double(), TypeError)
+    for _a in ("s", "t") if _m == "reverse" else ("t",):
+        _table(f"diffusion.Diffusion.{_m}", _fn, good, _a, bad_times(per_row=5))
+_one("diffusion.Diffusion.reverse", DIFF.reverse, {"z_t": XG, "t": 0.5}, "s", "s not before t", 0.5, ValueError)
+_table("diffusion.Diffusion.likelihood", DIFF.likelihood, {"z_0": XG}, "z_0", bad_tensors(XG))
+_one("diffusion.Diffusion.likelihood", DIFF.likelihood, {"z_0": XG}, "z_0", "float64 data for a float32 model",
+     XG.double(), TypeError)
+
+good = {"model": DIFF, "x": XG, "steps": None, "n_t": 2, "generator": None}
+_table("diffusion.elbo", vdiff.elbo, good, "model", bad_models())
+_table("diffusion.elbo", vdiff.elbo, good, "x", bad_tensors(XG))
+_one("diffusion.elbo", vdiff.elbo, good, "x", "float64 data for a float32 model", XG.double(), TypeError)
+_one("diffusion.elbo", vdiff.elbo, good, "x", "data wider than the model", torch.cat([XG, XG], 1), ValueError)
+_one("diffusion.elbo", vdiff.elbo, {**good, "model": DIFF_Q}, "x", "values off the grid", XQ + 0.01, ValueError,
+     says=("support",))
+_table("diffusion.elbo", vdiff.elbo, good, "steps", bad_counts(optional=True))
+_table("diffusion.elbo", vdiff.elbo, good, "n_t", [*bad_counts(), ("absurd size", 10**15, ValueError)])
+_table("diffusion.elbo", vdiff.elbo, good, "generator", bad_generators())
+# (every bad argument of fit is refused before the first update: DIFF is never trained here)
+good = {"model": DIFF, "x": XG, "steps": 1, "batch_size": 5, "progress": False}
+_table("diffusion.fit", vdiff.fit, good, "model", bad_models())
+_table("diffusion.fit", vdiff.fit, good, "x", bad_tensors(XG))
+_one("diffusion.fit", vdiff.fit, good, "x", "float64 data for a float32 model", XG.double(), TypeError)
+_one("diffusion.fit", vdiff.fit, good, "x", "data wider than the model", torch.cat([XG, XG], 1), ValueError)
+_one("diffusion.fit", vdiff.fit, {**good, "model": DIFF_Q}, "x", "values off the grid", XQ + 0.01, ValueError,
+     says=("support",))
+_table("diffusion.fit", vdiff.fit, good, "steps", bad_counts())
+_table("diffusion.fit", vdiff.fit, good, "batch_size", [*bad_counts(), ("more than the data", 6, ValueError)])
+_table("diffusion.fit", vdiff.fit, good, "lr", [*bad_reals(), ("zero number", 0.0, ValueError)])
+_table("diffusion.fit", vdiff.fit, good, "ema", [*bad_reals(), ("one", 1.0, ValueError)])
+_table("diffusion.fit", vdiff.fit, good, "seed", bad_counts(minimum=0))
+_one("diffusion.fit", vdiff.fit, good, "callback", "not callable", 3, TypeError)
+good = {"model": DIFF, "n": 3, "steps": 2, "generator": None}
+for _name, _fn in (("reverse_process", vdiff.reverse_process), ("sample", vdiff.sample)):
+    _table(f"diffusion.{_name}", _fn, good, "model", bad_models())
+    _table(f"diffusion.{_name}", _fn, good, "n", [*bad_counts(), ("absurd size", 2**40, ValueError)])
+    _table(f"diffusion.{_name}", _fn, good, "steps", bad_counts())
+    _table(f"diffusion.{_name}", _fn, good, "generator", bad_generators())
+_table("diffusion.reverse_process", vdiff.reverse_process, {**good, "noise": NOISE}, "noise", bad_tensors(NOISE))
+_one("diffusion.reverse_process", vdiff.reverse_process, {**good, "noise": NOISE}, "noise",
+     "float64 data for a float32 model", NOISE.double(), TypeError)
+good = {"score": XG, "z_t": XG, "alpha": 0.6, "sigma": 0.8}
+for _a in ("score", "z_t"):
+    _table("diffusion.tweedie", vdiff.tweedie, good, _a, bad_tensors(XG))
+for _a in ("alpha", "sigma"):
+    _table("diffusion.tweedie", vdiff.tweedie, good, _a, [*bad_reals(), ("zero number", 0.0, ValueError),
+                                                          ("NaN", torch.tensor([0.5, math.nan]), ValueError),
+                                                          ("int tensor", torch.tensor([1]), TypeError)])
+good = {"mixture": MIX, "schedule": SCHED, "t": 0.5}
+_table("diffusion.diffused_mixture", vdiff.diffused_mixture, good, "mixture", [
+    ("not a distribution", "mixture", TypeError),
+    ("not a mixture of Gaussians", torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(logits=torch.zeros(2)),
+        torch.distributions.Independent(torch.distributions.Normal(torch.zeros(2, 2), 1.0), 1)), TypeError)])
+_table("diffusion.diffused_mixture", vdiff.diffused_mixture, good, "schedule", bad_schedules())
+_table("diffusion.diffused_mixture", vdiff.diffused_mixture, good, "t", [*bad_times(),
+                                                                         ("wrong rank", torch.tensor([0.1, 0.2]),
+                                                                          ValueError)])
+good = {"model": DIFF, "steps": 3}
+_table("diffusion.export_reverse_process", vdiff.export_reverse_process, good, "model",
+       [*bad_models(), ("a network other than DenoisingMLP", vdiff.Diffusion(_EpsNet(), 6), ValueError)])
+_table("diffusion.export_reverse_process", vdiff.export_reverse_process, good, "steps", bad_counts())
+
+LOC_Q = torch.zeros(5, 2)
+good = {"loc": LOC_Q, "scale": torch.ones(5, 2), "levels": 17, "low": -1.0, "high": 1.0}
+_DG = "distributions.DiscretisedGaussian"
+for _a in ("loc", "scale"):
+    _table(_DG, vdist.DiscretisedGaussian, good, _a, [("list", LOC_Q.tolist(), TypeError),
+                                                      ("numpy array", LOC_Q.numpy(), TypeError),
+                                                      ("int tensor", LOC_Q.long(), TypeError)])
+_one(_DG, vdist.DiscretisedGaussian, good, "loc", "scalar", LOC_Q[0, 0], ValueError)
+_one(_DG, vdist.DiscretisedGaussian, good, "scale", "dtype unlike loc's", torch.ones(5, 2, dtype=torch.float64),
+     TypeError)
+_one(_DG, vdist.DiscretisedGaussian, good, "scale", "shapes that do not broadcast", torch.ones(4, 2), ValueError)
+_add(_DG, "scale", "wrong event shape", ValueError,  # scale would widen loc's event
+     lambda: vdist.DiscretisedGaussian(torch.zeros(5, 1), torch.ones(5, 2), 17))
+_table(_DG, vdist.DiscretisedGaussian, good, "levels", bad_counts(minimum=2))
+for _a in ("low", "high"):
+    _table(_DG, vdist.DiscretisedGaussian, good, _a, bad_reals(negative=False))
+_one(_DG, vdist.DiscretisedGaussian, good, "low", "end points in the wrong order", 2.0, ValueError)
+_DGD = vdist.DiscretisedGaussian(LOC_Q, torch.ones(5, 2), 17)
+_table(f"{_DG}.sample", _DGD.sample, {"sample_shape": (2,), "generator": None}, "generator", bad_generators())
+_table(f"{_DG}.sample", _DGD.sample, {"sample_shape": (2,), "generator": None}, "sample_shape",
+       [("negative count", (-1,), ValueError), ("string option", "ab", TypeError)])
+_table(f"{_DG}.expand", _DGD.expand, {"batch_shape": (5,)}, "batch_shape",
+       [("negative count", (-1,), ValueError), ("string option", "ab", TypeError),
+        ("shapes that do not broadcast", (4,), ValueError)])
+good = {"z_dim": 2, "hidden": (4,), "x_dim": 6, "levels": 17}
+for _a in ("z_dim", "x_dim"):
+    _table("model.GreyLevelDecoder", GreyLevelDecoder, good, _a, [("zero count", 0, ValueError),
+                                                                  ("string count", "2", TypeError)])
+_table("model.GreyLevelDecoder", GreyLevelDecoder, good, "levels", [*bad_counts(minimum=2), ("one", 1, ValueError)])
+
+
 # Public callables with no bad inputs to try, and why.
 EXEMPT = {
     "evaluate.Report": "result container (a dataclass) built by report()",
@@ -1092,7 +1284,24 @@ EXEMPT = {
     "inference_gap.Gaussian": "result container built by fit_gaussian() and encoder_gaussian()",
     "inference_gap.Gaussian.detach": "no arguments",
     "inference_gap.Gaussian.entropy": "no arguments",
+    "diffusion.Schedule.logsnr": "abstract: each schedule defines it (the base raises NotImplementedError)",
+    "diffusion.Schedule.dlogsnr": "abstract: each schedule defines it (the base raises NotImplementedError)",
+    "diffusion.DenoisingMLP.forward": "nn.Module.forward on the hot path (Diffusion.eps checks z_t and t first)",
+    "diffusion.DenoisingMLP.embed": "part of forward, on the hot path (Diffusion.eps checks t first)",
+    "diffusion.Diffusion.prior": "no arguments",
+    "diffusion.Diffusion.extra_repr": "nn.Module's repr hook, no arguments",
+    "diffusion.DiffusionELBO": "result container (a NamedTuple) built by diffusion.elbo()",
+    "diffusion.DiffusionHistory": "result container (a NamedTuple) built by diffusion.fit()",
+    "distributions.DiscretisedGaussian.rsample": "always raises NotImplementedError, torch.distributions' answer "
+                                                 "for a family with has_rsample False (its draws are discrete)",
+    "model.GreyLevelDecoder.forward": "nn.Module.forward on the hot path (VAE.likelihood checks z first)",
 }
+
+#: Modules walked as if they were named in ``vaelib.__all__`` (``vaelib.diffusion`` is imported by name, not by
+#: ``import vaelib``), and public classes of modules not walked whole (``vaelib.model``'s built-in MLP parts are
+#: covered through ``VAE``).
+EXTRA_MODULES = ("diffusion",)
+EXTRA_CALLABLES = {"model": ("GreyLevelDecoder",)}
 
 
 def public_callables() -> set[str]:
@@ -1123,16 +1332,20 @@ def public_callables() -> set[str]:
                     if not attr.startswith("_") and (inspect.isfunction(value) or isinstance(value, classmethod)):
                         found.add(f"{prefix}{name}.{attr}")
 
-    walk(vaelib, "", vaelib.__all__)
+    walk(vaelib, "", [*vaelib.__all__, *(m for m in EXTRA_MODULES if m not in vaelib.__all__)])
+    for module_name, names in EXTRA_CALLABLES.items():
+        walk(getattr(vaelib, module_name), f"{module_name}.", names)
     return found
 
 
 def test_the_api_walk_finds_functions_classes_and_methods():
     public = public_callables()
     for name in ("elbo", "VAE", "VAE.encode", "toy.ppca", "toy.LinearGaussian.elbo", "toy.LinearGaussian.random",
-                 "data.read_idx", "data.Digits.split", "plot.tile"):
+                 "data.read_idx", "data.Digits.split", "plot.tile", "diffusion.elbo", "diffusion.Diffusion.reverse",
+                 "diffusion.LinearLogSNR.logsnr", "distributions.DiscretisedGaussian.sample", "model.GreyLevelDecoder"):
         assert name in public, name
     assert "toy.MultivariateNormal" not in public and "plot.VAE" not in public  # imported, not defined there
+    assert "diffusion.DiagonalNormal" not in public and "diffusion.check_float" not in public
 
 
 def test_every_public_callable_has_bad_input_cases():
@@ -1203,7 +1416,7 @@ _BROAD = {  # class of bad input -> the kinds of the table it holds
         "int hidden", "string hidden", "float width", "int option", "int dtype", "string dtype", "function module", "int model",
         "int module", "dtype device", "not a string", "not a Gaussian", "not an objective", "an objective class",
         "not a distribution nor a pair", "not a distribution nor a tensor", "a tensor, not a distribution",
-        "not data", "not a FitState"},
+        "not data", "not a FitState", "not a schedule", "a schedule class", "not a mixture of Gaussians"},
     "float32/float64 data unlike the model's dtype": {
         "float64 data for a float32 model", "float64 data (bernoulli)", "float64 data (gaussian)",
         "float64 codes (bernoulli)", "float64 codes (gaussian)", "float32 codes for a float64 model",
@@ -1224,13 +1437,14 @@ _BROAD = {  # class of bad input -> the kinds of the table it holds
     "zero, negative or too small/large counts and numbers": {
         "zero count", "negative count", "negative number", "zero number", "zero width", "negative width", "one point",
         "one step", "one", "one sample (no standard error)", "single example", "as many as the data",
-        "as large as the data", "grid larger than allowed"},
+        "as large as the data", "grid larger than allowed", "time above 1", "beyond +-30", "more than the data"},
     "grey levels for a Bernoulli model, values outside [0, 1]": {
-        "grey levels for a Bernoulli model", "values above 1", "negative values", "values outside [0, 1] to binarise"},
+        "grey levels for a Bernoulli model", "values above 1", "negative values", "values outside [0, 1] to binarise",
+        "values off the grid"},
     "a model and data of different sizes": {
         "data wider than the model", "batch of z unlike x's", "batch of z unlike x's (bernoulli)",
         "batch of z unlike x's (gaussian)", "rows unlike x's", "a model with z_dim=3", "a Bernoulli VAE",
-        "context with one row too few"},
+        "context with one row too few", "network for another x_dim"},
     "unknown option or impossible setting": {
         "unknown option", "None option", "string option", "unknown family", "early stopping without validation data", "missing folder",
         "not differentiable", "not positive definite", "not symmetric", "hidden with both modules given",
@@ -1242,7 +1456,8 @@ _BROAD = {  # class of bad input -> the kinds of the table it holds
         "continuing a run with another lr", "continuing a run with another objective",
         "a schedule length without a schedule", "batches that yield nothing", "batches without len() for a schedule",
         "batches from a DataLoader (no key to hash)", "a model of one's own without key",
-        "a posterior that is not Gaussian", "context for a model that takes none"},
+        "a posterior that is not Gaussian", "context for a model that takes none", "end points in the wrong order",
+        "s not before t", "a network other than DenoisingMLP"},
 }
 
 

@@ -790,3 +790,385 @@ def test_latent_explorer_from_file(html_dir, browser):
     assert result[0] == 784
     explorer_errors = [e for e in network_problems(events, url)["errors"] if "explorer" in str(e).lower()]
     assert not explorer_errors, explorer_errors
+
+
+# ---------------------------------------------------------------------------------------------
+# The live reverse process of chapter 12 (_static/diffusion_explorer.js,
+# vaelib.explorer.reverse_process_html)
+# ---------------------------------------------------------------------------------------------
+
+DIFFUSION_PAGE = "book/ch12_diffusion"
+_DIFFUSION_DATA = re.compile(
+    r'<script type="application/json" class="vaelib-diffusion-data">([^<]*)</script>')
+# run(noise) against vaelib's reverse_process in float64 on the same weights and noise: both compute in
+# float64 from the same float32 weights, so they differ only by rounding (summation order, sin/exp in
+# the last bit), about 1e-15, carried through 100 steps; 1e-9 of the cloud's scale leaves room for that
+# and catches any wrong formula (a float32 network would already miss it by 1e-7).
+DIFFUSION_RTOL = 1e-9
+
+
+def diffusion_reference(html_file: Path):
+    """The sampler's payload and the model it holds, rebuilt as a float64 vaelib Diffusion.
+
+    The weights are read with NumPy from the documented layout (base64 little-endian float32, weight
+    (out, in) row-major) and copied into a fresh DenoisingMLP, not loaded through vaelib's export code,
+    so the test does not trust the code that wrote them. The schedule is the payload's table of log-SNRs
+    on the grid t = 1 - k/T (all that the reverse process asks of it), checked to fall from t = 0 to 1.
+    """
+    import numpy as np
+    import torch
+
+    from vaelib.diffusion import DenoisingMLP, Diffusion, Schedule
+
+    found = _DIFFUSION_DATA.findall(html_file.read_text(encoding="utf-8"))
+    assert len(found) == 1, f"{html_file}: expected one diffusion sampler, found {len(found)}"
+    payload = json.loads(found[0])
+    assert payload["format"] == "vaelib-diffusion/1" and payload["x_dim"] == 2, payload["format"]
+    T = payload["steps"]
+    lam = np.array(payload["logsnr"], dtype=np.float64)
+    assert lam.shape == (T + 1,) and np.all(np.diff(lam) > 0), "log-SNRs must rise from t = 1 to t = 0"
+
+    class Table(Schedule):
+        """lambda_t at the grid's times t = 1 - k/T, as the payload lists them."""
+
+        def logsnr(self, t):
+            t = self._t(t)
+            k = torch.round((1 - t.double()) * T)
+            assert torch.allclose(k, (1 - t.double()) * T, atol=1e-9), "a time off the grid"
+            return torch.from_numpy(lam)[k.long()].to(t.dtype)
+
+    layers, blocks, omega = payload["layers"], payload["blocks"], payload["omega"]
+    assert len(layers) == 2 + 2 * blocks and layers[0]["in"] == 2 + 2 * len(omega)
+    net = DenoisingMLP(2, width=layers[0]["out"], blocks=blocks, frequencies=len(omega), seed=0).double()
+    linears = [net.inp, *[lin for block in net.hidden for lin in block], net.out]
+    with torch.no_grad():
+        net.omega.copy_(torch.tensor(omega, dtype=torch.float64))
+        for lin, layer in zip(linears, layers, strict=True):
+            w = np.frombuffer(base64.b64decode(layer["weight"]), "<f4").reshape(layer["out"], layer["in"])
+            b = np.frombuffer(base64.b64decode(layer["bias"]), "<f4")
+            assert lin.weight.shape == w.shape and lin.bias.shape == b.shape
+            lin.weight.copy_(torch.from_numpy(w.astype(np.float64)))
+            lin.bias.copy_(torch.from_numpy(b.astype(np.float64)))
+    model = Diffusion(net, 2, Table(float(lam[-1]), float(lam[0])))
+    return payload, model
+
+
+def diffusion_trajectory(model, noise):
+    """vaelib's reverse_process of ``model`` (float64) from ``noise`` (T + 1, m, 2), as NumPy."""
+    import numpy as np
+    import torch
+
+    from vaelib.diffusion import reverse_process
+
+    noise = torch.as_tensor(np.asarray(noise, dtype=np.float64))
+    return reverse_process(model, noise.shape[1], noise.shape[0] - 1, noise=noise).numpy()
+
+
+def _close(got, want, what):
+    import numpy as np
+
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    assert got.shape == want.shape, (what, got.shape, want.shape)
+    err = np.abs(got - want).max() / (1 + np.abs(want).max())
+    assert err < DIFFUSION_RTOL, f"{what}: differs from vaelib's reverse_process by {err:.2e} (relative)"
+    return err
+
+
+# The sampler's state, as the test reads it after each action: the step, the cloud, what the slider and
+# the text say, and what the canvas shows (a checksum, and how many points have a point-coloured pixel at
+# their centre).
+DIFFUSION_STATE_JS = r"""
+(() => {
+  const X = window.vaelibDiffusion, c = X.plane, g = c.getContext("2d");
+  const probe = document.createElement("canvas").getContext("2d", {willReadFrequently: true});
+  const rgb = css => { probe.clearRect(0, 0, 1, 1); probe.fillStyle = "#000"; probe.fillStyle = css;
+                       probe.fillRect(0, 0, 1, 1);
+                       return Array.from(probe.getImageData(0, 0, 1, 1).data.slice(0, 3)); };
+  const vars = getComputedStyle(X.element);
+  const bg = rgb(vars.getPropertyValue("--vd-plane-bg")), pt = rgb(vars.getPropertyValue("--vd-point"));
+  const img = g.getImageData(0, 0, c.width, c.height).data;
+  let sum = 0;
+  for (let i = 0; i < img.length; i += 4) sum = (sum * 31 + img[i] + 7 * img[i + 1] + 13 * img[i + 2]) % 1000000007;
+  // the plot square, as the script lays it out (margins 38, 8, 8, 32 CSS pixels)
+  const dpr = window.devicePixelRatio || 1, W = c.width, x0 = 38 * dpr, y0 = 8 * dpr;
+  const side = Math.min(W - x0 - 8 * dpr, W - y0 - 32 * dpr), R = X.extent;
+  const pts = X.points();
+  let inside = 0, marked = 0;
+  const dist = (a, b) => Math.hypot(a[0] - b[0], a[1] - b[1], a[2] - b[2]);
+  for (const [x, y] of pts) {
+    const px = Math.round(x0 + (x + R) / (2 * R) * side - 0.5), py = Math.round(y0 + (R - y) / (2 * R) * side - 0.5);
+    if (px < x0 + 3 || py < y0 + 3 || px > x0 + side - 3 || py > y0 + side - 3) continue;
+    inside++;
+    const i = 4 * (py * W + px), p = [img[i], img[i + 1], img[i + 2]];
+    if (dist(p, pt) < dist(p, bg) && dist(p, bg) > 40) marked++;
+  }
+  return {step: X.step, t: X.t, ready: X.ready, points: pts, checksum: sum, inside: inside, marked: marked,
+          slider: Number(X.slider.value), valuetext: X.slider.getAttribute("aria-valuetext"),
+          text: X.element.querySelector("output.vaelib-diffusion-t").textContent,
+          label: X.plane.getAttribute("aria-label"), focused: document.activeElement === X.slider};
+})()
+"""
+
+# Colours the reader sees, in each theme: the page, the sampler's text, its buttons and its plane.
+DIFFUSION_LOOK_JS = r"""
+(() => {
+  const X = window.vaelibDiffusion;
+  const probe = document.createElement("canvas").getContext("2d", {willReadFrequently: true});
+  const rgb = css => { probe.clearRect(0, 0, 1, 1); probe.fillStyle = "#000"; probe.fillStyle = css;
+                       probe.fillRect(0, 0, 1, 1);
+                       return Array.from(probe.getImageData(0, 0, 1, 1).data.slice(0, 3)); };
+  const style = e => getComputedStyle(e);
+  let page = X.element;
+  while (page && style(page).backgroundColor === "rgba(0, 0, 0, 0)") page = page.parentElement;
+  const vars = style(X.element), q = s => X.element.querySelector(s);
+  const text = {};
+  for (const s of [".vaelib-diffusion-caption", ".vaelib-diffusion-legend", ".vaelib-diffusion-ends",
+                   "output.vaelib-diffusion-t", ".vaelib-diffusion-status", ".vaelib-diffusion-help"]) {
+    text[s] = q(s) ? rgb(style(q(s)).color) : null;
+  }
+  const buttons = [X.playButton, X.resampleButton].map(b => ({
+    ink: rgb(style(b).color), bg: rgb(style(b).backgroundColor), label: b.textContent,
+    type: b.type, disabled: b.disabled}));
+  return {
+    theme: document.documentElement.dataset.theme,
+    page: rgb(page ? style(page).backgroundColor : "#fff"), text: text, buttons: buttons,
+    planeBg: rgb(vars.getPropertyValue("--vd-plane-bg")), planeInk: rgb(vars.getPropertyValue("--vd-ink")),
+    point: rgb(vars.getPropertyValue("--vd-point")),
+    planeCorner: Array.from(X.plane.getContext("2d").getImageData(2, 2, 1, 1).data.slice(0, 3)),
+    planeCss: [X.plane.clientWidth, X.plane.clientHeight],
+    sliderLabels: X.slider.labels ? X.slider.labels.length : 0,
+    sliderType: X.slider.type, sliderRange: [X.slider.min, X.slider.max].map(Number),
+    planeRole: X.plane.getAttribute("role"), planeLabel: X.plane.getAttribute("aria-label") || "",
+    fallbackLeft: !!q(".vaelib-diffusion-fallback"),
+    error: q(".vaelib-diffusion-error") ? q(".vaelib-diffusion-error").textContent : null,
+    status: q(".vaelib-diffusion-status").textContent,
+  };
+})()
+"""
+
+
+def _press_key(chrome: Chromium, session: str, name: str, code: int) -> None:
+    for kind in ("rawKeyDown", "keyUp"):
+        chrome.send("Input.dispatchKeyEvent",
+                    {"type": kind, "key": name, "code": name, "windowsVirtualKeyCode": code}, session=session)
+
+
+def _click(chrome: Chromium, session: str, x: float, y: float) -> None:
+    chrome.send("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x, "y": y, "button": "none",
+                                             "buttons": 0}, session=session)
+    for kind, buttons in (("mousePressed", 1), ("mouseReleased", 0)):
+        chrome.send("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left",
+                                                 "buttons": buttons, "clickCount": 1}, session=session)
+
+
+@pytest.mark.parametrize("theme", ["light", "dark"])
+def test_diffusion_sampler(theme, html_dir, server, browser):
+    """The in-page reverse process computes vaelib's, follows the slider and the buttons, offline, in both themes."""
+    import numpy as np
+    import torch
+
+    html_file = html_dir / f"{DIFFUSION_PAGE}.html"
+    assert html_file.is_file(), f"{html_file} was not built"
+    payload, model = diffusion_reference(html_file)
+    T, n = payload["steps"], payload["n"]
+
+    chrome = browser
+    target, session = new_tab(chrome)
+    try:
+        chrome.send("Emulation.setEmulatedMedia",
+                    {"features": [{"name": "prefers-color-scheme", "value": theme}]}, session=session)
+        start = len(chrome.events)
+        chrome.send("Page.navigate", {"url": f"{server}/{DIFFUSION_PAGE}.html"}, session=session)
+        chrome.wait_event("Page.loadEventFired", session, start, PAGE_TIMEOUT)
+        _evaluate(chrome, session, PAGE_REPORT_JS)
+
+        def ev(js):
+            return _evaluate(chrome, session, js)
+
+        assert ev("typeof window.vaelibDiffusion") == "object", "the sampler did not start"
+        assert ev("vaelibDiffusion.whenReady()") is True, "the sampler's first computation did not finish"
+        assert (ev("vaelibDiffusion.steps"), ev("vaelibDiffusion.n")) == (T, n)
+
+        # 1. run(noise) is vaelib's reverse_process on the same noise (float64, same weights).
+        noise = torch.randn(T + 1, 64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        want = diffusion_trajectory(model, noise)
+        got = ev(f"vaelibDiffusion.run({json.dumps(noise.tolist())})")
+        err = _close(got, want, "run(noise)")
+        flat = ev(f"Array.from(vaelibDiffusion.run(new Float64Array({json.dumps(noise.flatten().tolist())})))")
+        assert np.array_equal(np.array(flat), np.array(got).ravel()), "the flat layout gives other numbers"
+        for bad in ("[[[0, 0]]]", "new Float64Array(7)", "null", f"Array({T + 1}).fill([[0, NaN]])"):
+            assert ev(f"(() => {{ try {{ vaelibDiffusion.run({bad}); return null; }}"
+                      f" catch (e) {{ return e.name; }} }})()") in ("RangeError", "TypeError"), bad
+        spread = np.abs(want[-1]).max()
+        assert 0.5 < spread < 2 * payload["extent"], f"the samples reach {spread:.2f}: not the ring"
+        # the network alone, at points and log-SNRs inside and far outside the grid
+        zs = [[0.0, 0.0], [0.7, -1.3], [3.0, 2.5], [-40.0, 25.0]]
+        for lam in (payload["logsnr"][0], 0.37, payload["logsnr"][-1], 25.0):
+            js = np.array([ev(f"vaelibDiffusion.eps({json.dumps(z)}, {lam!r})") for z in zs])
+            with torch.no_grad():
+                ref = model.net(torch.tensor(zs, dtype=torch.float64), torch.full((4,), lam, dtype=torch.float64))
+            assert np.abs(js - ref.numpy()).max() < 1e-12 * (1 + np.abs(ref.numpy()).max()), (lam, js, ref)
+
+        # 2. what the reader sees first: the samples (t = 0) of the page's own noise, drawn.
+        ev("vaelibDiffusion.element.scrollIntoView({block: 'center'})")
+        time.sleep(0.2)
+        page_noise = np.array(ev("vaelibDiffusion.noise()"))
+        assert page_noise.shape == (T + 1, n, 2)
+        assert abs(page_noise.mean()) < 0.05 and abs(page_noise.std() - 1) < 0.05, "the noise is not N(0, 1)"
+        traj = diffusion_trajectory(model, page_noise)
+
+        def state():
+            s = ev(DIFFUSION_STATE_JS)
+            assert s["slider"] == s["step"] and s["t"] == pytest.approx(1 - s["step"] / T, abs=1e-15)
+            _close(s["points"], traj[s["step"]], f"the cloud drawn at step {s['step']}")
+            assert s["inside"] == 0 or s["marked"] >= 0.98 * s["inside"], \
+                f"only {s['marked']} of {s['inside']} points in the plane are drawn"
+            t_text = f"{1 - s['step'] / T:.2f}"
+            assert s["valuetext"] == f"t = {t_text}, step {s['step']} of {T}", s["valuetext"]
+            assert s["text"].split()[:3] == ["t", "=", t_text], s["text"]
+            assert f"t = {t_text}" in s["label"], s["label"]
+            return s
+
+        def shot(name):
+            clip = ev("(() => { const r = vaelibDiffusion.element.getBoundingClientRect();"
+                      " return {x: r.x - 8 + scrollX, y: r.y - 8 + scrollY, width: r.width + 16,"
+                      " height: r.height + 16, scale: 1}; })()")
+            data = chrome.send("Page.captureScreenshot", {"format": "png", "clip": clip}, session=session)
+            SCREENS.mkdir(parents=True, exist_ok=True)
+            (SCREENS / f"diffusion_{theme}_{name}.png").write_bytes(base64.b64decode(data["data"]))
+
+        first = state()
+        assert first["step"] == T and first["ready"], first["step"]
+        assert first["inside"] > 0.9 * n, "most samples should lie in the plane"
+        shot("0_samples")
+
+        look = ev(DIFFUSION_LOOK_JS)
+        assert look["theme"] == theme, look
+        assert look["error"] is None and not look["fallbackLeft"], look
+        assert look["sliderType"] == "range" and look["sliderRange"] == [0, T] and look["sliderLabels"] >= 1, look
+        assert look["planeRole"] == "img" and len(look["planeLabel"]) > 20, look
+        assert look["planeCss"][0] >= 200 and look["planeCss"][0] == look["planeCss"][1], look
+        for what, colour in look["text"].items():
+            assert colour is not None, f"{what} is missing"
+            assert _contrast(colour, look["page"]) >= 4.5, (what, look)
+        for b in look["buttons"]:
+            assert b["type"] == "button" and not b["disabled"], b
+            assert _contrast(b["ink"], b["bg"]) >= 4.5, b
+        assert [b["label"] for b in look["buttons"]] == ["Play", "New samples"], look["buttons"]
+        assert _contrast(look["planeInk"], look["planeBg"]) >= 4.5, look
+        assert _contrast(look["point"], look["planeBg"]) >= 3, look  # a graphic: WCAG's 3:1
+        assert look["planeCorner"] == look["planeBg"], look
+        assert (_luminance(look["planeBg"]) < 0.1) == (theme == "dark"), look
+        assert "computed" in look["status"], look["status"]
+
+        # 3. the slider, with real input: a click in its middle, then the keyboard.
+        x, y, w, h = ev("(() => { const r = vaelibDiffusion.slider.getBoundingClientRect();"
+                        " return [r.x, r.y, r.width, r.height]; })()")
+        _click(chrome, session, x + w / 2, y + h / 2)
+        mid = state()
+        assert abs(mid["step"] - T / 2) <= 2, mid["step"]
+        assert mid["focused"], "the slider did not take the keyboard focus when clicked"
+        assert mid["checksum"] != first["checksum"], "moving the slider did not redraw the cloud"
+        shot("1_middle")
+        _press_key(chrome, session, "Home", 36)
+        noise_state = state()
+        assert noise_state["step"] == 0 and noise_state["valuetext"].startswith("t = 1.00"), noise_state["valuetext"]
+        assert np.array_equal(np.array(noise_state["points"]), page_noise[0]), "t = 1 must show z_1, the noise"
+        shot("2_noise")
+        _press_key(chrome, session, "ArrowRight", 39)
+        _press_key(chrome, session, "ArrowRight", 39)
+        assert state()["step"] == 2
+        _press_key(chrome, session, "End", 35)
+        end = state()
+        assert end["step"] == T and end["checksum"] == first["checksum"], "End should show the samples again"
+        assert ev("vaelibDiffusion.setStep(1e9)") == T and ev("vaelibDiffusion.setStep(-3)") == 0
+        assert ev("vaelibDiffusion.setStep(37)") == 37
+        state()
+
+        # 4. "New samples", clicked: new noise, a new trajectory, computed in slices (the page stays live).
+        ev("""(() => { window.__vdLong = []; window.__vdChanges = 0;
+                new PerformanceObserver(l => l.getEntries().forEach(e => __vdLong.push(e.duration)))
+                  .observe({type: "longtask"});
+                vaelibDiffusion.element.addEventListener("vaelib-diffusion-change", () => __vdChanges++);
+                vaelibDiffusion.element.addEventListener("vaelib-diffusion-ready",
+                                                         e => { window.__vdReady = e.detail; });
+              })()""")
+        bx, by = ev("(() => { const r = vaelibDiffusion.resampleButton.getBoundingClientRect();"
+                    " return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+        _click(chrome, session, bx, by)
+        busy = ev("[vaelibDiffusion.ready, vaelibDiffusion.element.getAttribute('aria-busy'),"
+                  " vaelibDiffusion.element.querySelector('.vaelib-diffusion-status').textContent]")
+        assert busy[0] is False and busy[1] == "true" and busy[2].startswith("computing"), busy
+        assert ev("vaelibDiffusion.whenReady()") is True
+        long_tasks = ev("__vdLong")
+        # the observer works: a 120 ms block of the main thread is reported
+        assert ev("new Promise(done => { setTimeout(() => { const t0 = performance.now();"
+                  " while (performance.now() - t0 < 120) {} }, 0);"
+                  " setTimeout(() => done(__vdLong.length > 0 && Math.max(...__vdLong) >= 100), 400); })"), \
+            "the long-task observer reports nothing: the check above would be empty"
+        assert ev("__vdChanges") >= 2, "the plane did not follow the computation"
+        assert max(long_tasks, default=0) < 250, f"the computation froze the page for {max(long_tasks):.0f} ms"
+        compute_ms = ev("vaelibDiffusion.computeMs")
+        ready = ev("window.__vdReady")
+        assert ready and ready["computeMs"] == compute_ms and ready["wallMs"] >= compute_ms, ready
+        new_noise = np.array(ev("vaelibDiffusion.noise()"))
+        assert not np.array_equal(new_noise, page_noise), "New samples did not draw new noise"
+        traj = diffusion_trajectory(model, new_noise)
+        again = state()
+        assert again["step"] == T and again["checksum"] != first["checksum"], "the cloud did not change"
+        shot("3_new_samples")
+
+        # 5. "Play" runs the slider from t = 1 to t = 0.
+        px, py = ev("(() => { const r = vaelibDiffusion.playButton.getBoundingClientRect();"
+                    " return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+        ev("window.__vdChanges = 0")
+        _click(chrome, session, px, py)
+        assert ev("vaelibDiffusion.playing") is True
+        assert ev("new Promise(done => { const t0 = Date.now(); (function wait() {"
+                  " if (!vaelibDiffusion.playing || Date.now() - t0 > 20000) done(vaelibDiffusion.playing);"
+                  " else setTimeout(wait, 50); })(); })") is False, "Play did not finish"
+        assert ev("__vdChanges") >= 5 and state()["step"] == T
+
+        # 6. the reader switches the theme (the theme's button sets html[data-theme]): the plane follows.
+        other = "light" if theme == "dark" else "dark"
+        ev(f"document.documentElement.dataset.theme = '{other}'")
+        switched = ev(DIFFUSION_LOOK_JS)
+        assert switched["planeCorner"] == switched["planeBg"] != look["planeBg"], switched
+        assert _contrast(switched["text"]["output.vaelib-diffusion-t"], switched["page"]) >= 4.5, switched
+
+        events = chrome.session_events(session, start)
+    finally:
+        chrome.send("Target.closeTarget", {"targetId": target})
+    print(f"diffusion sampler ({theme}): {n} points x {T} steps computed in {compute_ms:.0f} ms "
+          f"({ready['wallMs']:.0f} ms from the click to the last slice), "
+          f"longest task {max(long_tasks, default=0):.0f} ms; run(noise) within {err:.1e} of vaelib")
+    net = network_problems(events, f"{server}/{DIFFUSION_PAGE}.html")
+    assert not net["external"], f"requests left the machine: {net['external']}"
+    assert not net["failed"], f"failed requests: {net['failed']}"
+    assert not net["errors"], f"JavaScript errors: {net['errors']}"
+
+
+def test_diffusion_sampler_from_file(html_dir, browser):
+    """Opened from file:// (no server), the sampler starts and computes: its data is inline."""
+    url = (html_dir / f"{DIFFUSION_PAGE}.html").resolve().as_uri()
+    target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+    session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+    try:
+        for domain in ("Page", "Runtime"):
+            browser.send(f"{domain}.enable", session=session)
+        start = len(browser.events)
+        browser.send("Page.navigate", {"url": url}, session=session)
+        browser.wait_event("Page.loadEventFired", session, start, PAGE_TIMEOUT)
+        result = _evaluate(browser, session, """(async () => { const X = window.vaelibDiffusion;
+            if (!X) return null;
+            const ready = await X.whenReady();
+            const noise = Array.from({length: X.steps + 1}, () => [[0.5, -0.5]]);
+            return [ready, X.step, X.points().length, X.run(noise).length, X.run(noise)[X.steps][0].length]; })()""")
+        events = browser.session_events(session, start)
+    finally:
+        browser.send("Target.closeTarget", {"targetId": target})
+    assert result is not None, "the sampler did not start from file://"
+    ready, step, n_points, rows, d = result
+    assert ready is True and rows == step + 1 and d == 2 and n_points > 0, result
+    errors = [e for e in network_problems(events, url)["errors"] if "diffusion" in str(e).lower()]
+    assert not errors, errors

@@ -115,7 +115,7 @@ def tiny_repo(tmp_path: Path, pages: dict[str, str], *, git: bool = False) -> Pa
     shutil.copy(ROOT / "tools" / "run_chapters.py", repo / "tools" / "run_chapters.py")
     (repo / "benchmarks").mkdir()
     for name in ("pyproject.toml", "requirements.txt", "requirements-lab.txt", "benchmarks/results.json",
-                 ".gitignore"):
+                 "benchmarks/diffusion_digits.json", ".gitignore"):
         if (ROOT / name).exists():
             shutil.copy(ROOT / name, repo / name)
     (repo / "vaelib").mkdir()
@@ -315,7 +315,7 @@ def test_library_change_clears_the_execution_cache(tmp_path):
     (repo / "vaelib").mkdir(parents=True)
     shutil.copy(ROOT / "Makefile", repo / "Makefile")
     (repo / "benchmarks").mkdir()
-    for name in ("pyproject.toml", "requirements.txt", "benchmarks/results.json"):
+    for name in ("pyproject.toml", "requirements.txt", "benchmarks/results.json", "benchmarks/diffusion_digits.json"):
         shutil.copy(ROOT / name, repo / name)
     module = repo / "vaelib" / "elbo.py"
     module.write_text("ANSWER = 1\n")

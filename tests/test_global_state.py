@@ -739,6 +739,119 @@ for _method, _args in (("rsample", ((2,),)), ("sample", ((2,),)), ("log_prob", (
             fixed(forked(lambda m=_method, a=_args: getattr(_BAD_CHAIN, m)(*a))))
 
 
+# vaelib.diffusion (chapter 12), with the discretised Gaussian and the VAE decoder that share its likelihood.
+from vaelib import diffusion as vdiff  # noqa: E402
+from vaelib.model import GreyLevelDecoder  # noqa: E402
+
+XQ = torch.randint(0, 17, (5, X_DIM), generator=gen(5)).float() / 8 - 1  # on the grid of 17 levels in [-1, 1]
+_T5 = torch.full((5,), 0.5)
+
+
+def _dnet() -> vdiff.DenoisingMLP:
+    return vdiff.DenoisingMLP(X_DIM, width=8, blocks=1, frequencies=2, seed=0)  # seeded: a forked generator
+
+
+def _diff(levels: int | None = None, fail_at: int | None = None) -> vdiff.Diffusion:
+    """A diffusion model whose network raises from its ``fail_at``-th call on (never, for ``None``)."""
+    return vdiff.Diffusion(Flaky(_dnet(), "net", fail_at), X_DIM, levels=levels)
+
+
+def diffusion_calls(api: str, fn: Callable[[vdiff.Diffusion], object], fail_points=FAIL_POINTS[:3],
+                    levels: int | None = None) -> None:
+    """``fn(model)`` for a diffusion model, then with its network raising from each of its first calls on."""
+    ok(api, "DenoisingMLP", lambda: (lambda m=_diff(levels): fn(m)))
+    for at in fail_points:
+        bad(api, f"net raises from call {at}", lambda at=at: (lambda m=_diff(levels, at): fn(m)))
+
+
+ok("diffusion.check_time", "a number", fixed(lambda: vdiff.check_time("t", 0.5)))
+bad("diffusion.check_time", "above 1", fixed(lambda: vdiff.check_time("t", 1.5)))
+for _cls in (vdiff.Schedule, vdiff.LinearLogSNR, vdiff.CosineLogSNR):
+    ok(f"diffusion.{_cls.__name__}", "end points", fixed(lambda cls=_cls: cls(7.0, -9.0)))
+    bad(f"diffusion.{_cls.__name__}", "end points in the wrong order", fixed(lambda cls=_cls: cls(-9.0, 7.0)))
+for _m in ("alpha", "sigma", "snr"):
+    ok(f"diffusion.Schedule.{_m}", "tensor", fixed(lambda m=_m: getattr(vdiff.CosineLogSNR(), m)(_T5)))
+    bad(f"diffusion.Schedule.{_m}", "above 1", fixed(lambda m=_m: getattr(vdiff.CosineLogSNR(), m)(1.5)))
+for _m in ("logsnr", "dlogsnr"):
+    bad(f"diffusion.Schedule.{_m}", "abstract", fixed(lambda m=_m: getattr(vdiff.Schedule(), m)(_T5)))
+    for _cls in (vdiff.LinearLogSNR, vdiff.CosineLogSNR):
+        ok(f"diffusion.{_cls.__name__}.{_m}", "tensor", fixed(lambda cls=_cls, m=_m: getattr(cls(), m)(_T5)))
+        bad(f"diffusion.{_cls.__name__}.{_m}", "NaN", fixed(lambda cls=_cls, m=_m: getattr(cls(), m)(math.nan)))
+_S = vdiff.LinearLogSNR()
+ok("diffusion.marginal", "per row", fixed(lambda: vdiff.marginal(_S, XG, _T5).sample(generator=gen())))
+bad("diffusion.marginal", "above 1", fixed(lambda: vdiff.marginal(_S, XG, 1.5)))
+ok("diffusion.transition", "valid", fixed(lambda: vdiff.transition(_S, XG, 0.2, _T5)))
+bad("diffusion.transition", "s not before t", fixed(lambda: vdiff.transition(_S, XG, 0.5, 0.5)))
+ok("diffusion.forward_posterior", "valid", fixed(lambda: vdiff.forward_posterior(_S, XG, XB, 0.2, 0.5)))
+bad("diffusion.forward_posterior", "shapes", fixed(lambda: vdiff.forward_posterior(_S, XG, XB[:, :3], 0.2, 0.5)))
+ok("diffusion.DenoisingMLP", "seeded", fixed(_dnet))
+bad("diffusion.DenoisingMLP", "zero x_dim", fixed(lambda: vdiff.DenoisingMLP(0, seed=0)))
+ok("diffusion.DenoisingMLP.embed", "valid", lambda: (lambda n=_dnet(): n.embed(_T5)))
+bad("diffusion.DenoisingMLP.embed", "list", lambda: (lambda n=_dnet(): n.embed([0.5])))
+ok("diffusion.DenoisingMLP.forward", "valid", lambda: (lambda n=_dnet(): n(XG, _T5)))
+bad("diffusion.DenoisingMLP.forward", "wrong size", lambda: (lambda n=_dnet(): n(XG[:, :3], _T5)))
+ok("diffusion.Diffusion", "DenoisingMLP", fixed(lambda: vdiff.Diffusion(_dnet(), X_DIM, vdiff.CosineLogSNR(), 17)))
+bad("diffusion.Diffusion", "a network for another x_dim", fixed(lambda: vdiff.Diffusion(_dnet(), X_DIM + 1)))
+ok("diffusion.Diffusion.check_z", "valid", lambda: (lambda m=_diff(): m.check_z(XG)))
+bad("diffusion.Diffusion.check_z", "float64", lambda: (lambda m=_diff(): m.check_z(XG.double())))
+ok("diffusion.Diffusion.extra_repr", "no arguments", lambda: (lambda m=_diff(): m.extra_repr()))
+ok("diffusion.Diffusion.prior", "no arguments", lambda: (lambda m=_diff(): m.prior().sample((2,), gen())))
+for _m in ("eps", "x_hat", "score"):
+    diffusion_calls(f"diffusion.Diffusion.{_m}", lambda m, name=_m: getattr(m, name)(XG, _T5), fail_points=(1,))
+diffusion_calls("diffusion.Diffusion.reverse", lambda m: m.reverse(XG, 0.2, 0.5).sample(generator=gen()),
+                fail_points=(1,))
+bad("diffusion.Diffusion.reverse", "s not before t", lambda: (lambda m=_diff(): m.reverse(XG, 0.5, 0.5)))
+ok("diffusion.Diffusion.likelihood", "levels", lambda: (lambda m=_diff(17): m.likelihood(XG).log_prob(XQ)))
+bad("diffusion.Diffusion.likelihood", "NaN", lambda: (lambda m=_diff(): m.likelihood(XG * math.nan)))
+diffusion_calls("diffusion.elbo", lambda m: vdiff.elbo(m, XG, n_t=2, generator=gen()), fail_points=(1,))
+ok("diffusion.elbo", "levels, steps", lambda: (lambda m=_diff(17): vdiff.elbo(m, XQ, steps=4, generator=gen())))
+bad("diffusion.elbo", "off the grid", lambda: (lambda m=_diff(17): vdiff.elbo(m, XQ + 0.01, generator=gen())))
+diffusion_calls("diffusion.fit", lambda m: vdiff.fit(m, XG, 3, batch_size=2, seed=1, progress=False))
+ok("diffusion.fit", "levels, a callback",
+   lambda: (lambda m=_diff(17): vdiff.fit(m, XQ, 2, batch_size=5, ema=0.0, progress=False,
+                                          callback=lambda step, avg: vdiff.elbo(avg, XQ, generator=gen()))))
+bad("diffusion.fit", "a callback that raises",
+    lambda: (lambda m=_diff(): vdiff.fit(m, XG, 2, batch_size=2, progress=False, callback=lambda s, a: 1 / 0)))
+bad("diffusion.fit", "ema 1", lambda: (lambda m=_diff(): vdiff.fit(m, XG, 2, batch_size=2, ema=1.0, progress=False)))
+diffusion_calls("diffusion.reverse_process", lambda m: vdiff.reverse_process(m, 3, 4, generator=gen()))
+ok("diffusion.reverse_process", "given noise",
+   lambda: (lambda m=_diff(): vdiff.reverse_process(m, 3, 2, noise=torch.zeros(3, 3, X_DIM))))
+bad("diffusion.reverse_process", "noise of the wrong shape",
+    lambda: (lambda m=_diff(): vdiff.reverse_process(m, 3, 2, noise=torch.zeros(2, 3, X_DIM))))
+diffusion_calls("diffusion.sample", lambda m: vdiff.sample(m, 3, 4, generator=gen()), levels=17)
+ok("diffusion.tweedie", "numbers", fixed(lambda: vdiff.tweedie(XB, XG, 0.6, 0.8)))
+bad("diffusion.tweedie", "zero alpha", fixed(lambda: vdiff.tweedie(XB, XG, 0.0, 0.8)))
+_MIX = MixtureSameFamily(Categorical(logits=torch.zeros(2)),
+                         torch.distributions.MultivariateNormal(torch.zeros(2, 2), torch.eye(2)))
+ok("diffusion.diffused_mixture", "valid", fixed(lambda: vdiff.diffused_mixture(_MIX, _S, 0.3).log_prob(MU)))
+bad("diffusion.diffused_mixture", "above 1", fixed(lambda: vdiff.diffused_mixture(_MIX, _S, 1.5)))
+ok("diffusion.export_reverse_process", "DenoisingMLP",
+   lambda: (lambda m=vdiff.Diffusion(_dnet(), X_DIM): vdiff.export_reverse_process(m, 3)))
+bad("diffusion.export_reverse_process", "another network (a wrapped DenoisingMLP)",
+    lambda: (lambda m=_diff(): vdiff.export_reverse_process(m, 3)))
+ok("diffusion.DiffusionELBO", "fields", fixed(lambda: vdiff.DiffusionELBO(MU[:, 0], MU[:, 0], LV[:, 0], LV[:, 0])))
+bad("diffusion.DiffusionELBO", "missing fields", fixed(lambda: vdiff.DiffusionELBO(MU[:, 0])))
+ok("diffusion.DiffusionHistory", "fields", fixed(lambda: vdiff.DiffusionHistory([1.0], [0.1])))
+bad("diffusion.DiffusionHistory", "missing fields", fixed(lambda: vdiff.DiffusionHistory([1.0])))
+
+_dg = vdist.DiscretisedGaussian(XG, torch.full((5, X_DIM), 0.3), 17)
+ok("distributions.DiscretisedGaussian", "valid",
+   fixed(lambda: vdist.DiscretisedGaussian(XG, torch.full((5, X_DIM), 0.3), 17).log_prob(XQ)))
+bad("distributions.DiscretisedGaussian", "one level", fixed(lambda: vdist.DiscretisedGaussian(XG, XG + 1, 1)))
+ok("distributions.DiscretisedGaussian.sample", "generator", fixed(lambda: _dg.sample((3,), gen())))
+bad("distributions.DiscretisedGaussian.sample", "int generator", fixed(lambda: _dg.sample((3,), 0)))
+bad("distributions.DiscretisedGaussian.rsample", "no reparameterised sample", fixed(lambda: _dg.rsample((2,), gen())))
+ok("distributions.DiscretisedGaussian.expand", "valid", fixed(lambda: _dg.expand((5,)).mean))
+bad("distributions.DiscretisedGaussian.expand", "incompatible", fixed(lambda: _dg.expand((4,))))
+ok("model.GreyLevelDecoder", "valid", fixed(forked(lambda: GreyLevelDecoder(Z_DIM, (4,), X_DIM))))
+bad("model.GreyLevelDecoder", "one level", fixed(lambda: GreyLevelDecoder(Z_DIM, (4,), X_DIM, levels=1)))
+ok("model.GreyLevelDecoder.forward", "in a VAE",
+   lambda: (lambda d=forked(lambda: GreyLevelDecoder(Z_DIM, (4,), X_DIM))():
+            vaelib.elbo(vaelib.VAE(X_DIM, Z_DIM, hidden=(4,), decoder=d, seed=0), XQ, generator=gen())))
+bad("model.GreyLevelDecoder.forward", "wrong size",
+    lambda: (lambda d=forked(lambda: GreyLevelDecoder(Z_DIM, (4,), X_DIM))(): d(MU[:, :1])))
+
+
 #: Public callables with no call that raises here, and why.
 NO_RAISING_CALL = {
     "priors.MixturePrior.forward": "takes no input (the context is ignored)",
@@ -752,10 +865,15 @@ NO_RAISING_CALL = {
     "distributions.DiagonalNormal.entropy": "no argument",
     "distributions.StandardNormal.entropy": "no argument",
     "distributions.BernoulliLogits.entropy": "no argument",
+    "diffusion.Diffusion.extra_repr": "no argument",
+    "diffusion.Diffusion.prior": "no argument",
 }
 #: Public callables with no call that succeeds, and why.
 NO_SUCCESSFUL_CALL = {
     "distributions.BernoulliLogits.rsample": "always raises NotImplementedError (has_rsample is False)",
+    "distributions.DiscretisedGaussian.rsample": "always raises NotImplementedError (has_rsample is False)",
+    "diffusion.Schedule.logsnr": "abstract: raises NotImplementedError (each schedule defines it)",
+    "diffusion.Schedule.dlogsnr": "abstract: raises NotImplementedError (each schedule defines it)",
 }
 #: Successful calls that fail under an outer ``torch.no_grad()``, run there as calls that may raise: the calls
 #: of an objective here differentiate its loss themselves (fit calls an objective in grad mode). (vaelib.fit and

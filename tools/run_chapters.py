@@ -71,7 +71,7 @@ AFTER: dict[str, str] = {"book/ch7_evaluation.md": "book/ch6_generative.md",
 SECONDS_HINT: dict[str, float] = {"book/ch6_generative.md": 60.0, "book/ch7_evaluation.md": 40.0,
                                   "book/ch8_richer_posteriors.md": 60.0, "book/ch9_tighter_bounds.md": 55.0,
                                   "book/ch10_learned_priors.md": 45.0,
-                                  "book/ch11_hierarchy.md": 50.0}
+                                  "book/ch11_hierarchy.md": 50.0, "book/ch12_diffusion.md": 70.0}
 DEFAULT_SECONDS = 15.0
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")

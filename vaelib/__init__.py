@@ -25,11 +25,12 @@ module                         what it holds                                    
 :mod:`vaelib.posteriors`       richer encoders: full covariance, IAF                                   8
 :mod:`vaelib.priors`           learned priors (mixture, VampPrior), ELBO surgery                       10
 :mod:`vaelib.hierarchy`        the two-level VAE, z2 -> z1 -> x, and its per-layer KL                  11
+:mod:`vaelib.diffusion`        diffusion models: a fixed encoder, their ELBO, training, sampling       12
 :mod:`vaelib.generate`         sampling from the prior, interpolation                                  6
 :mod:`vaelib.data`             bundled real digits, IDX reader                                         4, 6
 :mod:`vaelib.checkpoint`       safe save/load                                                          6
 :mod:`vaelib.plot`             image grids, latent scatter, manifold                                   4, 6
-:mod:`vaelib.explorer`         the decoder exported for the live latent explorer                       6
+:mod:`vaelib.explorer`         live figures: the latent explorer, the in-page diffusion sampler        6, 12
 =============================  ======================================================================  ========
 """
 
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 from ._version import __version__
 
-from . import data, distributions, evaluate, flows, folding, hierarchy, inference_gap, objectives, plot, posteriors, priors, toy
+from . import data, diffusion, distributions, evaluate, flows, folding, hierarchy, inference_gap, objectives, plot, posteriors, priors, toy
 from .backprop import elbo_backward
 from .checkpoint import load, save
 from .densities import log_bernoulli, log_normal
@@ -84,6 +85,7 @@ __all__ = [
     "flows",
     "folding",
     "hierarchy",
+    "diffusion",
     "posteriors",
     "priors",
     "inference_gap",

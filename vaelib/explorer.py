@@ -1,4 +1,4 @@
-r"""A live latent explorer for the HTML book: the decoder's weights, exported for JavaScript.
+r"""Live figures for the HTML book: chapter 6's latent explorer and chapter 12's sampler, exported for JavaScript.
 
 Chapter 6 trains a VAE with a two-dimensional latent space. In the HTML book a reader drags a point over
 that plane and sees the decoder's image for the code under it, computed in the browser by
@@ -27,6 +27,13 @@ checks :math:`10^{-5}`, far outside the prior too). For the built-in 2-400-784 d
 Only the built-in Bernoulli MLP can be exported: the script knows that computation and no other, so a
 learner's own decoder, a subclass that overrides :meth:`~vaelib.VAE.decode` or :meth:`~vaelib.VAE.mean`,
 a hook, or a Gaussian likelihood is refused with a ``ValueError`` that says why.
+
+Chapter 12's diffusion model gets the same treatment: :func:`reverse_process_html` writes a
+``<div class="vaelib-diffusion">`` that ``_static/diffusion_explorer.js`` turns into a live sampler. Its
+payload is :func:`vaelib.diffusion.export_reverse_process` (the :class:`~vaelib.diffusion.DenoisingMLP`'s
+weights, its embedding frequencies and the log-SNR at each step of the grid) with the plane, the number of
+points and a seed; the script draws fresh noise in the reader's browser and runs the whole reverse process
+there, in float64, on a slider from :math:`t = 1` (pure noise) to :math:`t = 0` (samples).
 """
 
 from __future__ import annotations
@@ -215,5 +222,133 @@ def explorer_html(
         '<div class="vaelib-explorer">'
         f'<p class="vaelib-explorer-fallback">{fallback}</p>'
         f'<script type="application/json" class="vaelib-explorer-data">{data}</script>'
+        "</div>"
+    )
+
+
+# --- chapter 12: the reverse process of a 2-D diffusion model, run in the reader's browser ------------------
+#: The methods of :class:`vaelib.diffusion.Diffusion` whose computation the sampler's script repeats.
+_DIFFUSION_METHODS = ("eps", "x_hat", "reverse")
+#: The most work a page may ask of the reader's browser: ``n * steps`` network evaluations.
+_MAX_POINT_STEPS = 500_000
+
+
+def _check_exportable_diffusion(model: Any) -> None:
+    """Raise ``TypeError``/``ValueError`` unless ``model`` computes exactly what the sampler's script does."""
+    from .diffusion import DenoisingMLP, Diffusion
+
+    if not isinstance(model, Diffusion):
+        raise TypeError(f"model must be a vaelib.diffusion.Diffusion, got {type(model).__name__}")
+    if model.x_dim != 2:
+        raise ValueError(f"the in-page sampler draws a plane: model must have x_dim=2, got {model.x_dim}")
+    net = model.net
+    if type(net) is not DenoisingMLP:
+        raise ValueError("the in-page sampler computes only vaelib.diffusion.DenoisingMLP: "
+                         f"model.net is a {type(net).__name__}")
+    if net.x_dim != model.x_dim:
+        raise ValueError(f"model.net takes x_dim={net.x_dim} but the model has x_dim={model.x_dim}")
+    replaced = [name for name in _DIFFUSION_METHODS
+                if getattr(type(model), name) is not getattr(Diffusion, name) or name in vars(model)]
+    if replaced:
+        raise ValueError(f"the in-page sampler computes Diffusion's own reverse step: "
+                         f"{type(model).__name__} replaces {' and '.join(replaced)}")
+    for module in net.modules():
+        if type(module) not in (DenoisingMLP, nn.ModuleList, nn.Linear):
+            raise ValueError(f"model.net contains a {type(module).__name__} (the sampler knows Linear layers only)")
+        if _has_hooks(module) or "forward" in vars(module):
+            raise ValueError(f"a {type(module).__name__} of model.net has a hook or a replaced forward")
+        if isinstance(module, nn.Linear) and module.bias is None:
+            raise ValueError("a Linear layer of model.net has no bias")
+
+
+def reverse_process_html(
+    model: Any,
+    *,
+    steps: int = 100,
+    n: int = 500,
+    seed: int = 0,
+    data: Tensor | None = None,
+    extent: float = 2.0,
+) -> str:
+    r"""An HTML fragment that ``_static/diffusion_explorer.js`` turns into a live sampler (chapter 12).
+
+    The script draws ``n`` points :math:`z_1 \sim \mathcal{N}(0, I)` and the noise of every step with its
+    own seeded generator (``seed`` for the first draw; the reader's "New samples" button continues that
+    stream), and runs :func:`vaelib.diffusion.reverse_process` on the grid :math:`t_i = i/T`, ``T = steps``:
+    for :math:`k = 1..T`, with :math:`t = 1 - (k-1)/T`, :math:`s = 1 - k/T`,
+
+    .. math::
+
+        \hat\epsilon = \hat\epsilon_\theta(z_t; \lambda_t),\quad
+        \hat x = (z_t - \sigma_t\hat\epsilon)/\alpha_t,\quad
+        z_s = \frac{\alpha_{t|s}\sigma_s^2}{\sigma_t^2} z_t + \alpha_s(1 - e^{\lambda_t - \lambda_s})\,\hat x
+        + \sigma_s\sqrt{1 - e^{\lambda_t - \lambda_s}}\;\epsilon_k,
+
+    in float64 with the library's formulas (log-sigmoid and ``expm1``, so no :math:`\lambda` overflows),
+    from the float32 weights of :func:`vaelib.diffusion.export_reverse_process`. On the same noise it
+    agrees with ``reverse_process`` of the same weights in float64 to rounding (:math:`10^{-15}` of the
+    cloud's scale after 100 steps; ``tests/test_book_html.py`` checks it on the built page). A slider
+    shows :math:`z_t` at each step, from :math:`t = 1` (noise) to :math:`t = 0` (the samples), over faint
+    points of the true density (``data``).
+
+    The payload is small: the network's weights (19,010 numbers for ``DenoisingMLP(2, width=64,
+    blocks=2)``: 76 kB as float32, 101 kB as base64), ``steps + 1`` log-SNRs, and ``data`` (8 bytes a point as
+    float32, 11 as base64). The browser's work is ``n * steps`` network evaluations (50,000 for the defaults:
+    0.6 to 0.9 s in headless Chromium on a busy two-core machine), done in slices of about 12 ms so that the
+    page never freezes, the plane following the computation from noise to samples.
+
+    Args:
+        model: a :class:`vaelib.diffusion.Diffusion` with ``x_dim=2`` whose network is a
+            :class:`vaelib.diffusion.DenoisingMLP` (any schedule: its log-SNRs on the grid are exported).
+        steps: :math:`T`, the steps of the reverse process (1 to 1000).
+        n: the points drawn (1 to 5000; ``n * steps`` at most 500,000).
+        seed: seeds the script's generator (0 to :math:`2^{32} - 1`): the first cloud a reader sees is the
+            same on every load.
+        data: ``(m, 2)`` points of the true density drawn faintly behind the cloud (at most 100,000), or
+            ``None``.
+        extent: the plane shown is ``[-extent, extent]^2``.
+
+    Returns:
+        The fragment as a ``str``: show it with ``IPython.display.HTML``. Where the script does not run
+        (Jupyter, JavaScript off) it reads as one sentence.
+
+    Raises:
+        TypeError: ``model`` is not a ``Diffusion``, an argument has the wrong type.
+        ValueError: a model the script cannot compute (``x_dim != 2``, another network, a replaced method,
+            non-finite weights), an argument out of range, ``data`` not ``(m, 2)`` or not finite.
+    """
+    _check_exportable_diffusion(model)
+    steps = check_int("steps", steps, maximum=1000)
+    n = check_int("n", n, maximum=5000)
+    if n * steps > _MAX_POINT_STEPS:
+        raise ValueError(f"n * steps = {n * steps:,} network evaluations is too much work for a reader's "
+                         f"browser: keep it at most {_MAX_POINT_STEPS:,}")
+    seed = check_int("seed", seed, minimum=0, maximum=2**32 - 1)
+    extent = check_float("extent", extent)
+    if not 0 < extent <= 100:
+        raise ValueError(f"extent must lie in (0, 100], got {extent}")
+    if data is not None:
+        data = check_tensor("data", data, ndim=2, last_dim=2)
+        if data.shape[0] > 100_000:
+            raise ValueError(f"data holds {data.shape[0]} points: at most 100,000 keep the page small")
+    from .diffusion import export_reverse_process
+
+    payload = export_reverse_process(model, steps)  # checks the weights are finite
+    payload.update({
+        "extent": extent,
+        "n": n,
+        "seed": seed,
+        "data": None if data is None else {"m": int(data.shape[0]), "x": _b64_float32(data)},
+    })
+    # JSON of numbers, base64 and fixed names holds no "<", so it cannot end the <script> element early.
+    text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+    fallback = html.escape(
+        "The live reverse process runs in the HTML book (it needs JavaScript): there a slider takes "
+        f"{n} points from noise at t = 1 to samples at t = 0."
+    )
+    return (
+        '<div class="vaelib-diffusion">'
+        f'<p class="vaelib-diffusion-fallback">{fallback}</p>'
+        f'<script type="application/json" class="vaelib-diffusion-data">{text}</script>'
         "</div>"
     )

@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from ._validate import check_binary, check_device, check_int, check_tensor
-from .distributions import BernoulliLogits, DiagonalNormal, StandardNormal, Unflattened, as_event
+from .distributions import BernoulliLogits, DiagonalNormal, DiscretisedGaussian, StandardNormal, Unflattened, as_event
 
 Likelihood = Literal["bernoulli", "gaussian"]
 LIKELIHOODS: tuple[str, ...] = ("bernoulli", "gaussian")
@@ -111,6 +111,25 @@ class MLPDecoder(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         return self.to_x(self.body(z))
+
+
+class GreyLevelDecoder(nn.Module):
+    r"""A decoder for quantised grey levels: ``z_dim → hidden… → (loc, log scale)`` per pixel, returning a
+    :class:`vaelib.distributions.DiscretisedGaussian` on ``levels`` values in ``[-1, 1]`` (chapter 12's VAE,
+    which shares the diffusion model's likelihood family). The scale is ``exp`` of the second half of the
+    output, floored at :math:`e^{-7}`. Pass it as ``VAE(..., decoder=GreyLevelDecoder(...))``."""
+
+    def __init__(self, z_dim: int, hidden: Sequence[int], x_dim: int, levels: int = 17) -> None:
+        super().__init__()
+        # Checked here, not first in forward: a bad levels would otherwise surface at the first batch.
+        self.levels = check_int("levels", levels, minimum=2)
+        sizes = (check_int("z_dim", z_dim), *hidden)
+        self.body = _relu_mlp(sizes)
+        self.to_x = nn.Linear(sizes[-1], 2 * check_int("x_dim", x_dim))
+
+    def forward(self, z: Tensor) -> Distribution:
+        loc, log_scale = self.to_x(self.body(z)).chunk(2, dim=-1)
+        return DiscretisedGaussian(loc, torch.exp(log_scale.clamp(min=-7.0)), self.levels)
 
 
 class VAE(nn.Module):
