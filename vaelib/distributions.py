@@ -436,6 +436,8 @@ class DiscretisedGaussian(_Vaelib):
         return _log_diff_ndtr(lower, upper)
 
     def sample(self, sample_shape: _Shape = torch.Size(), generator: torch.Generator | None = None) -> Tensor:
+        """Draws on the grid: a Gaussian draw rounded to the nearest grid value (the end values take the
+        tails), drawn with ``generator``; shape ``sample_shape + batch_shape + event_shape``."""
         shape = self._draw_shape(sample_shape, generator)
         with torch.no_grad():
             eps = torch.randn(shape, generator=generator, device=self.loc.device, dtype=self.loc.dtype)
