@@ -515,6 +515,18 @@ def test_no_remote_resources_in_built_files(html_dir):
     assert not offenders, "remote resources:\n" + "\n".join(offenders)
 
 
+def test_every_figure_rendered_as_an_image(html_dir):
+    """A matplotlib figure whose drawing fails (a mathtext error in a label, say) is still "displayed": IPython
+    falls back to its text form, "<Figure size 1200x360 with 3 Axes>", and neither execution nor the strict
+    build notices. The page would show that text where the figure belongs."""
+    offenders = []
+    for page in sorted(html_dir.rglob("*.html")):
+        text = page.read_text(encoding="utf-8", errors="replace")
+        for match in re.finditer(r"&lt;Figure size \d+x\d+ with \d+ Axes&gt;", text):
+            offenders.append(f"{page.relative_to(html_dir)}: {match.group(0)}")
+    assert not offenders, "figures shown as text (their PNG failed to render):\n" + "\n".join(offenders)
+
+
 # ---------------------------------------------------------------------------------------------
 # The live latent explorer of chapter 6 (_static/latent_explorer.js, vaelib/explorer.py)
 # ---------------------------------------------------------------------------------------------

@@ -201,6 +201,27 @@ def test_a_failing_cell_fails_the_run_naming_chapter_cell_and_line(tmp_path):
     assert cached_uris(repo) == {"book/intro.md"}
 
 
+@needs_make
+def test_a_figure_that_fails_to_draw_fails_the_run(tmp_path):
+    # matplotlib's mathtext cannot parse \frac12: drawing the figure raises inside IPython's formatter,
+    # which then shows "<Figure size ...>" as text. Nothing raises in the cell, so the runner must look.
+    figure = ("import matplotlib.pyplot as plt\nfrom IPython.display import display\n"
+              "fig, ax = plt.subplots()\nax.set_title(r'$\\frac12$')\ndisplay(fig)\nplt.close(fig)")
+    glued = ("import matplotlib.pyplot as plt\nfrom myst_nb import glue\n"
+             "fig, ax = plt.subplots()\nax.set_title(r'$\\frac12$')\nglue('fig-x', fig, display=False)\n"
+             "plt.close(fig)")
+    pages = {"intro": chapter("Intro", "print('intro ran')"), "ch_a": chapter("Chapter A", "x = 2", figure),
+             "ch_b": chapter("Chapter B", "x = 2", glued)}
+    repo = tiny_repo(tmp_path, pages)
+    run = make(repo, "test-chapters")
+    out = output(run)
+    assert run.returncode != 0, out[-4000:]
+    assert f"FAILED book/ch_a.md, code cell 1 (line {fence_line(pages['ch_a'], 1)} of the .md)" in out, out[-4000:]
+    assert f"FAILED book/ch_b.md, code cell 1 (line {fence_line(pages['ch_b'], 1)} of the .md)" in out, out[-4000:]
+    assert "failed to draw" in out, out[-4000:]
+    assert cached_uris(repo) == {"book/intro.md"}
+
+
 # ---- make test-build: the strict build from the runner's cache ------------------------------------------
 
 

@@ -245,6 +245,13 @@ def execute(rel: str, notebook_json: str, cwd: str | None, timeout: int | None, 
         seconds = result.time
         if result.err is not None:
             error, details = _describe(result.err, nb, current[-1] if current else None)
+        else:
+            unrendered = _unrendered_figure(nb)
+            if unrendered is not None:
+                current.append(unrendered)
+                error = ("a matplotlib figure failed to draw (IPython showed its text, '<Figure size ...>', "
+                         "instead of an image): a mathtext error in a label or title is the usual cause")
+                details = error
     except Exception as exc:  # the kernel died, could not start, ...: still a failure of this chapter
         seconds = time.perf_counter() - start
         error = f"{type(exc).__name__}: {exc}".strip()
@@ -257,6 +264,23 @@ def execute(rel: str, notebook_json: str, cwd: str | None, timeout: int | None, 
         error=error,
         details=details,
     )
+
+
+_FIGURE_TEXT = re.compile(r"<Figure size \d+(?:\.\d+)?x\d+(?:\.\d+)? with \d+ Axes>")
+
+
+def _unrendered_figure(nb: Any) -> int | None:
+    """The index of the first cell with a figure output that has only its text form (no image): IPython's
+    fallback when drawing the figure raised, which neither execution nor the build reports."""
+    for index, cell in enumerate(nb.cells):
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            # A figure glued with myst_nb.glue is stored under "application/papermill.record/<mime type>".
+            texts = [v for k, v in data.items() if k == "text/plain" or k.endswith("/text/plain")]
+            text = "".join("".join(v) if isinstance(v, list) else str(v) for v in texts)
+            if _FIGURE_TEXT.search(text) and not any("image/" in k for k in data):
+                return index
+    return None
 
 
 def _describe(err: BaseException, nb: Any, cell_index: int | None) -> tuple[str, str]:
