@@ -702,6 +702,11 @@ _add("fit_cached", "valid", "batches from a DataLoader (no key to hash)", TypeEr
                                             "valid": torch.utils.data.DataLoader(XB, batch_size=2)}),
      bug=BUG_CACHE_ARGS)
 _one("fit_cached", vaelib.fit_cached, good, "cache_dir", "int path", 3, TypeError, bug=BUG_CACHE_ARGS)
+_one("fit_cached", vaelib.fit_cached, good, "model", "a model carrying a training run", TRAINED, ValueError,
+     says=("restart",))
+_one("fit_cached", vaelib.fit_cached, good, "restart", "string option", "yes", TypeError)
+_one("fit_cached", vaelib.fit_cached, good, "device", "a dtype", torch.float32, TypeError)
+_one("fit_cached", vaelib.fit_cached, good, "cache_dir", "empty path", "", ValueError)
 
 # The model's three distributions, and the distribution a decoder's tensor stands for.
 for model in (BERN, GAUSS):
@@ -1416,7 +1421,8 @@ _BROAD = {  # class of bad input -> the kinds of the table it holds
         "int hidden", "string hidden", "float width", "int option", "int dtype", "string dtype", "function module", "int model",
         "int module", "dtype device", "not a string", "not a Gaussian", "not an objective", "an objective class",
         "not a distribution nor a pair", "not a distribution nor a tensor", "a tensor, not a distribution",
-        "not data", "not a FitState", "not a schedule", "a schedule class", "not a mixture of Gaussians"},
+        "not data", "not a FitState", "not a schedule", "a schedule class", "not a mixture of Gaussians",
+        "a dtype"},
     "float32/float64 data unlike the model's dtype": {
         "float64 data for a float32 model", "float64 data (bernoulli)", "float64 data (gaussian)",
         "float64 codes (bernoulli)", "float64 codes (gaussian)", "float32 codes for a float64 model",
@@ -1457,7 +1463,7 @@ _BROAD = {  # class of bad input -> the kinds of the table it holds
         "a schedule length without a schedule", "batches that yield nothing", "batches without len() for a schedule",
         "batches from a DataLoader (no key to hash)", "a model of one's own without key",
         "a posterior that is not Gaussian", "context for a model that takes none", "end points in the wrong order",
-        "s not before t", "a network other than DenoisingMLP"},
+        "s not before t", "a network other than DenoisingMLP", "a model carrying a training run", "empty path"},
 }
 
 

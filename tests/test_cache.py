@@ -98,7 +98,8 @@ def test_damaged_entry_is_an_error_and_unreadable_record_a_miss(tmp_path):
     vaelib.fit_cached(model(), data(), cache_dir=tmp_path, **ARGS)
     (record,) = tmp_path.glob("*.json")
     record.write_text("{not json")
-    assert not vaelib.fit_cached(model(), data(), cache_dir=tmp_path, **ARGS).from_cache
+    with pytest.warns(vaelib.cache.CacheWarning, match="not JSON"):
+        assert not vaelib.fit_cached(model(), data(), cache_dir=tmp_path, **ARGS).from_cache
     assert json.loads(record.read_text())["entry_version"] == vaelib.cache.ENTRY_VERSION
     (checkpoint,) = tmp_path.glob("*.pt")
     raw = bytearray(checkpoint.read_bytes())

@@ -6,7 +6,9 @@ widths), its tensors, and a SHA-256 digest of all of these. :func:`load` reads i
 ``torch.load(weights_only=True)``, PyTorch's restricted unpickler, so a file from the internet can never
 run code; anything else (a truncated file, another program's pickle, another architecture) is rejected
 with a clear error. :func:`save` writes to a temporary file and renames it, so an interrupted save never
-destroys the previous checkpoint.
+destroys the previous checkpoint, and :func:`load` into a model fills it completely or leaves it as it
+was; their docstrings say exactly what is guaranteed (file modes, symbolic links, temporary files, errors,
+interrupts).
 
 The built-in MLP (``VAE(x_dim, z_dim, hidden, likelihood)``) is rebuilt from its configuration:
 ``load(path)``. A model with your own modules, or a subclass, cannot be rebuilt from data without running
@@ -36,9 +38,10 @@ fields, the local copies of the CRCs and sizes, the data descriptors, the alignm
 end record that the zip64 one supersedes), is harmless: such a file fails to parse or loads the identical
 model, which check 2 proves. Costs on the book's model (784-400-20, a 2.6 MB file, one thread): check 1
 0.45 ms, check 2 1.5 ms (SHA-256 at ~1.8 GB/s, the fastest hash in the standard library here), on a load
-that took 3.5 ms without them (of which 1.6 ms is the random initialisation that the loaded values then
-overwrite). Both are kept: 2 ms is imperceptible for a file loaded once per session, and only check 2
-covers rewrites and makes "harmless" provable rather than an argument about two zip parsers.
+that took 3.5 ms without them (of which 1.6 ms was a random initialisation that the loaded values then
+overwrote, which :func:`load` no longer does). Both are kept: 2 ms is imperceptible for a file loaded once
+per session, and only check 2 covers rewrites and makes "harmless" provable rather than an argument about
+two zip parsers.
 
 A format-2 file without a digest (written by vaelib before it recorded one) still loads, protected by
 check 1 alone; a file with one loads in those older versions too, which ignore the extra field.
@@ -46,19 +49,23 @@ check 1 alone; a file with one loads in those older versions too, which ignore t
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
+import re
+import secrets
+import socket
+import stat
 import struct
 import sys
-import tempfile
 import zipfile
 import zlib
-from typing import Any
+from typing import Any, Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ._validate import check_path
 from ._version import __version__
@@ -83,20 +90,46 @@ def _class_name(model: VAE) -> str:
 def save(model: VAE, path: str | os.PathLike[str]) -> None:
     """Write ``model`` (what it is, and its parameters and buffers) to ``path`` atomically.
 
+    What is guaranteed:
+
+    - **Atomic.** The checkpoint is written to a temporary file in the same folder, flushed to disk and
+      renamed over ``path``: every reader, at every moment, sees either the previous file whole or the new
+      one whole, even if the save fails, is interrupted or its process is killed.
+    - **Permissions.** A new file gets the mode that your umask gives any new file (``0o666 & ~umask``:
+      0644 under the usual umask 022, so that other users can load a shared checkpoint); saving over an
+      existing file keeps that file's mode. (Its owner and group are those of whoever saves.)
+    - **Symbolic links.** If ``path`` is a symbolic link, the file it points to (through any chain of links)
+      is replaced, atomically, and the link stays a link. A hard link elsewhere keeps the previous contents.
+    - **No temporary file outlives a failure.** A save that fails or is interrupted removes its temporary
+      file. One that cannot (its process killed) leaves a file ``.vaelib-tmp-<pid>-...`` in the folder,
+      which the next save to that folder from this machine removes once it has made sure that the process
+      which wrote it is gone (a save in progress, in this or another process, is never disturbed).
+      Temporary files written from another machine on a shared network folder are left to the saves made
+      there.
+    - **Errors** of the file system (a full disk, a quota, a missing or read-only folder) raise an
+      ``OSError`` of the usual kind (``errno`` kept, e.g. ``ENOSPC``) whose message names ``path`` and the
+      cause, and leave the previous file as it was.
+
     Args:
         model: a :class:`vaelib.VAE`: the built-in MLP, a subclass, or one built from your own modules.
-        path: the checkpoint file; its folder must exist.
+        path: the checkpoint file (or a symbolic link to it); its folder must exist.
 
     Raises:
         ValueError: the model's ``state_dict`` holds something other than tensors (extra state), which a
             safe checkpoint cannot carry, or tensors without plain bytes to checksum (sparse CSR, ...).
+        FileNotFoundError: the folder of ``path`` does not exist (this error is also a ``ValueError``, as
+            it was in earlier versions).
+        OSError: the file cannot be written (``errno`` and the cause kept, ``path`` named).
     """
     if not isinstance(model, VAE):
         raise TypeError(f"model must be a vaelib.VAE, got {type(model).__name__}")
     path = check_path("path", path)
-    folder = os.path.dirname(os.path.abspath(path))
+    target = _save_target(path)
+    folder = os.path.dirname(target)
     if not os.path.isdir(folder):
-        raise ValueError(f"path's folder does not exist: {folder}")
+        raise _folder_missing(path, target)
+    if os.path.isdir(target):
+        raise IsADirectoryError(errno.EISDIR, f"cannot save to path {_where(path, target)}: it is a folder")
     state = model.state_dict()
     for name, value in state.items():
         if not isinstance(value, Tensor):
@@ -122,17 +155,237 @@ def save(model: VAE, path: str | os.PathLike[str]) -> None:
         raise ValueError(
             f"cannot save the model: a checkpoint holds plain data and dense or sparse COO tensors only ({err})"
         ) from err
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    _remove_stale_temporaries(folder)  # before writing: a killed save's file may be what fills the disk
+    _write_atomically(path, target, payload)
+
+
+# --- Writing ------------------------------------------------------------------------------------------------
+#
+# A temporary file is named ``.vaelib-tmp-<pid>-<start>-<host>-<random>.pt``: the process that writes it (its
+# id, and its start time where the system tells it, so that a reused process id is not mistaken for the
+# writer), and a tag of the machine's name (process ids mean nothing on another machine sharing the folder).
+# While it writes, the process also holds an exclusive ``flock`` on the file (released by the system when
+# the process dies, however it dies). A save removes another save's temporary file only if it was written
+# on this machine, its process is gone (no such process, a zombie, or another process with the same id),
+# and nobody holds its lock.
+
+_TEMP_PREFIX = ".vaelib-tmp-"
+_TEMP_NAME = re.compile(r"\.vaelib-tmp-(\d+)-(\d+)-([0-9a-f]{8})-[0-9a-f]+\.(?:pt|json)\Z")
+
+
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
+def _process_start(pid: int) -> tuple[bool, int]:
+    """Whether process ``pid`` is alive (a zombie is not), and its start time (0 where unknown)."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        # fields[0] is the state (field 3 of proc(5)), fields[19] the start time (field 22), in clock ticks.
+        return fields[0] not in (b"Z", b"X"), int(fields[19])
+    except FileNotFoundError:
+        if os.path.isdir("/proc/self"):  # a Linux /proc: no entry, no process
+            return False, 0
+    except (OSError, IndexError, ValueError):  # an unusual /proc: ask the kernel below
+        pass
+    try:
+        os.kill(pid, 0)  # signal 0: nothing is sent, only whether the process exists
+    except ProcessLookupError:
+        return False, 0
+    except OSError:  # PermissionError: it exists, and belongs to another user
+        pass
+    return True, 0
+
+
+def _temporary_name(suffix: str = ".pt") -> str:
+    """A temporary file's name that says which process on which machine writes it (``suffix``: ``.pt`` for a
+    checkpoint, ``.json`` for :mod:`vaelib.cache`'s records)."""
+    pid = os.getpid()
+    return f"{_TEMP_PREFIX}{pid}-{_process_start(pid)[1]}-{_host_tag()}-{secrets.token_hex(6)}{suffix}"
+
+
+def _is_stale(name: str) -> bool:
+    """Whether ``name`` is the temporary file of a save whose process is gone (by its name alone)."""
+    match = _TEMP_NAME.match(name)
+    if match is None or match.group(3) != _host_tag():
+        return False
+    pid, start = int(match.group(1)), int(match.group(2))
+    if pid <= 0:  # no process writes such a name (and os.kill would read 0 as "my process group")
+        return False
+    alive, now = _process_start(pid)
+    return not alive or (start != 0 and now != 0 and now != start)
+
+
+def _remove_stale_temporaries(folder: str) -> None:
+    """Remove the temporary files of killed saves in ``folder`` (best effort: never fails a save)."""
+    try:
+        names = [entry.name for entry in os.scandir(folder)
+                 if entry.name.startswith(_TEMP_PREFIX) and entry.is_file(follow_symlinks=False)]
+    except OSError:
+        return
+    for name in names:
+        if not _is_stale(name):
+            continue
+        temp = os.path.join(folder, name)
+        try:
+            fd = os.open(temp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        except PermissionError:  # another user's file that we cannot read: the process check decides
+            fd = -1
+        except OSError:
+            continue  # gone already (another save removed it)
+        try:
+            if fd < 0 or _lock(fd):  # nobody writes it: remove it (while holding its lock)
+                os.unlink(temp)
+        except OSError:
+            pass
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+
+def _lock(fd: int) -> bool:
+    """Take an exclusive ``flock`` on ``fd`` without waiting: ``False`` if another process holds one, ``True``
+    if taken (or if this system or file system has no such locks)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:  # no locks here (ENOLCK, EINVAL...): rely on the process check alone
+        pass
+    return True
+
+
+class _Sink:
+    """The file ``torch.save`` writes to, remembering the ``OSError`` it met (``torch.save`` replaces it by a
+    ``RuntimeError`` such as "[enforce fail at inline_container.cc] unexpected pos", losing the cause)."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.file.flush()
+        except OSError as err:
+            self.error = err
+            raise
+
+    def __getattr__(self, name: str) -> Any:  # anything else (tell, seek...) is the file's
+        return getattr(self.file, name)
+
+
+def _write_atomically(path: str, target: str, payload: dict[str, Any]) -> None:
+    """Write ``payload`` to a temporary file next to ``target``, then rename it over ``target``."""
+    folder = os.path.dirname(target)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+    flags |= getattr(os, "O_BINARY", 0)
+    doing = "creating a temporary file in its folder"
+    tmp, fd, file, replaced = None, -1, None, False
+    try:
+        while tmp is None:
+            name = os.path.join(folder, _temporary_name())
+            try:
+                fd = os.open(name, flags, 0o666)  # the kernel applies the umask (and a default ACL)
+                tmp = name
+            except FileExistsError:  # pragma: no cover - 48 random bits collided
+                continue
+        _lock(fd)
+        try:
+            previous = os.stat(target)
+        except FileNotFoundError:
+            previous = None
+        if previous is not None and stat.S_ISREG(previous.st_mode) and os.name != "nt":
+            doing = "giving the temporary file the mode of the file it replaces"
+            os.fchmod(fd, stat.S_IMODE(previous.st_mode))
+        doing = f"writing the temporary file {tmp}"
+        file = os.fdopen(fd, "wb")
+        sink = _Sink(file)
+        try:
+            torch.save(payload, sink)
+        except RuntimeError as err:
+            if sink.error is not None:  # torch.save's report of a failed write: raise the write's own error
+                raise sink.error from err
+            raise
+        file.flush()
+        doing = "flushing the temporary file to disk"
+        os.fsync(fd)
+        if os.name == "nt":  # pragma: no cover - Windows cannot rename an open file
+            file.close()
+        doing = "renaming the temporary file over it"
+        os.replace(tmp, target)
+        replaced = True
+        doing = "closing the file"
+        file.close()  # (after the rename: the lock is held until the file is in place)
+    except BaseException as err:
+        if file is not None:
+            try:
+                file.close()
+            except OSError:
+                pass
+        elif fd >= 0:
+            os.close(fd)
+        if tmp is not None and not replaced:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        if isinstance(err, OSError):
+            raise _save_error(path, target, err, doing) from err
         raise
+
+
+def _save_target(path: str) -> str:
+    """The absolute path of the file that saving to ``path`` replaces: ``path``, or the file that it links
+    to, through any chain of symbolic links (which need not exist yet)."""
+    target = os.path.realpath(os.path.abspath(path))
+    if os.path.islink(target):  # realpath stops at a loop of links
+        raise _save_error(path, target, OSError(errno.ELOOP, os.strerror(errno.ELOOP)),
+                          "following its symbolic links")
+    return target
+
+
+def _where(path: str, target: str) -> str:
+    here = os.path.abspath(path)
+    return f"{path}" if target == here else f"{path} (a link to {target})"
+
+
+class _FolderMissingError(FileNotFoundError, ValueError):
+    """The folder to save into does not exist: an ``OSError`` (``ENOENT``), and a ``ValueError`` as before."""
+
+
+def _folder_missing(path: str, target: str) -> _FolderMissingError:
+    folder = os.path.dirname(target)
+    return _FolderMissingError(
+        errno.ENOENT,
+        f"cannot save to path {_where(path, target)}: its folder does not exist ({folder}: "
+        f"{os.strerror(errno.ENOENT)})",
+    )
+
+
+def _save_error(path: str, target: str, err: OSError, doing: str) -> OSError:
+    """An ``OSError`` like ``err`` (same class, same ``errno``) that names ``path`` and the cause."""
+    if err.errno == errno.ENOENT and not os.path.isdir(os.path.dirname(target)):
+        return _folder_missing(path, target)  # the folder went away during the save
+    cause = err.strerror or str(err) or type(err).__name__
+    message = f"cannot save to path {_where(path, target)}: {cause} (while {doing})"
+    if err.errno is None:
+        return type(err)(message)
+    return OSError(err.errno, message)  # OSError(errno, ...) is the matching subclass (FileNotFoundError...)
+
+
+# --- Loading ------------------------------------------------------------------------------------------------
 
 
 def load(
@@ -140,11 +393,24 @@ def load(
 ) -> VAE:
     """The :class:`vaelib.VAE` saved by :func:`save`, without executing anything from the file.
 
+    Loading leaves PyTorch's random generators alone (a rebuilt model is not randomly initialised: it is
+    allocated, then filled with the saved values).
+
     Args:
         path: a file written by :func:`save`.
         model: the model to fill, constructed by you (needed for a subclass or your own modules; for the
             built-in MLP it may be left out, and the model is rebuilt from the recorded configuration).
-            Filled in place and returned; on any error it is left untouched.
+            Filled in place and returned. The file is read and checked completely before ``model`` is
+            touched. If ``load`` raises, for any reason (a damaged file, an interrupt such as Ctrl-C or
+            ``KeyboardInterrupt``, any exception at any moment), ``model`` is as it was: the same parameter
+            and buffer objects holding the same values, bit for bit, on the same devices, the same
+            gradients, training flags and ``fit_state``. For that, filling the model keeps a copy of its
+            tensors (memory for one more copy of the model, where it is) and, if filling fails, puts them
+            back; an interrupt arriving while they are put back does not stop that (it goes on from where
+            it was, then the first exception propagates). The one case that Python cannot rule out: a third
+            interrupt arriving within the same few bytecodes as the second; and if putting back itself
+            fails (an exception other than an interrupt, three times), a ``RuntimeError`` says that the
+            model's state is unknown.
         device: where to put the parameters (default: the CPU for a rebuilt model, where ``model`` is
             otherwise).
 
@@ -170,17 +436,117 @@ def load(
                 f"{path} holds a {payload['class']} with its own modules, which cannot be rebuilt from data: "
                 "construct one and pass it, load(path, model=...)"
             )
-        model = _rebuild(path, config, state)
-    else:
-        _check_fits(path, payload, model)
+        built = _rebuild(path, config, state, device)  # nobody else sees it: on an error it is dropped
+        _fill(built, state, _fit_state(path, payload), None)
+        return built
+    _check_fits(path, payload, model)
     fit_state = _fit_state(path, payload)
+    backup = _Backup(model)  # an interrupt until here: the model has not been touched
+    try:
+        _fill(model, state, fit_state, device)
+        return model
+    except BaseException as err:
+        # Put the model back. This loop is written here, not in a function called from here: an interrupt
+        # checked on entering that function would escape before its own ``try``.
+        failures = 0
+        while True:
+            try:
+                backup.restore()  # resumes where an interrupted attempt stopped
+                break
+            except KeyboardInterrupt:
+                continue  # Ctrl-C again while the model is put back: finish putting it back first
+            except BaseException as again:
+                failures += 1
+                if failures == 3:
+                    raise RuntimeError(
+                        f"loading {path} into the model failed ({type(err).__name__}: {err}), and its previous "
+                        f"parameters could not be put back ({type(again).__name__}: {again}): the model's "
+                        "state is unknown, load it again"
+                    ) from again
+        raise
+
+
+def _fill(model: VAE, state: dict[str, Tensor], fit_state: Any, device: torch.device | None) -> None:
+    """Fill ``model`` with the checkpoint's tensors and training run, move it to ``device``, set it to
+    evaluation mode. Not atomic by itself: :func:`load` backs the model up first."""
     with torch.no_grad():
         model.load_state_dict(state)
     model.fit_state = fit_state
     if device is not None:
         model.to(device)
     model.eval()
-    return model
+
+
+_MISSING = object()
+
+
+class _Backup:
+    """What :func:`_fill` may change in a model, kept to put it back: every parameter and buffer (the object,
+    its storage, a copy of its values, its gradient), each module's training flag, and ``fit_state``.
+
+    :meth:`restore` is a list of steps, each of which may be repeated without harm and records that it is
+    done, so that an attempt interrupted part-way is taken up again where it stopped.
+    """
+
+    def __init__(self, model: VAE) -> None:
+        steps: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+        seen: set[int] = set()
+        modules = list(model.modules())
+        for module in modules:
+            members = [*module.named_parameters(recurse=False, remove_duplicate=False),
+                       *module.named_buffers(recurse=False, remove_duplicate=False)]
+            for name, tensor in members:
+                if id(tensor) not in seen:
+                    seen.add(id(tensor))
+                    grad = tensor.grad if isinstance(tensor, nn.Parameter) else None
+                    steps.append((_put_back_tensor, (tensor, tensor.detach(), tensor.detach().clone(), grad,
+                                                     None if grad is None else grad.detach())))
+                steps.append((_put_back_member, (module, name, tensor)))
+        steps.append((_put_back_modes, (tuple((module, module.training) for module in modules),)))
+        steps.append((_put_back_fit_state, (model, model.__dict__.get("fit_state", _MISSING))))
+        self.steps = steps
+        self.done = 0
+
+    def restore(self) -> None:
+        while self.done < len(self.steps):
+            step, args = self.steps[self.done]
+            step(*args)
+            self.done += 1
+
+
+def _same(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` and ``b`` are the same view of the same memory."""
+    return (a.device == b.device and a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride()
+            and a.data_ptr() == b.data_ptr())
+
+
+def _put_back_tensor(tensor: Tensor, storage: Tensor, values: Tensor, grad: Tensor | None,
+                     grad_storage: Tensor | None) -> None:
+    storage.copy_(values)  # (``storage`` is detached: no autograd record, whatever the grad mode)
+    if not _same(tensor, storage):  # moved by ``model.to(device)``
+        tensor.data = storage
+    if grad is not None and grad_storage is not None:
+        if not _same(grad, grad_storage):
+            grad.data = grad_storage
+    if isinstance(tensor, nn.Parameter) and tensor.grad is not grad:
+        tensor.grad = grad
+
+
+def _put_back_member(module: nn.Module, name: str, tensor: Tensor) -> None:
+    if getattr(module, name) is not tensor:  # replaced (``.to`` replaces buffers)
+        setattr(module, name, tensor)
+
+
+def _put_back_modes(modes: tuple[tuple[nn.Module, bool], ...]) -> None:
+    for module, training in modes:
+        module.training = training
+
+
+def _put_back_fit_state(model: VAE, fit_state: Any) -> None:
+    if fit_state is _MISSING:
+        model.__dict__.pop("fit_state", None)
+    else:
+        model.fit_state = fit_state
 
 
 def _training_fields(model: VAE) -> dict[str, Any]:
@@ -367,19 +733,26 @@ def _check_digest(path: str, payload: dict[str, Any]) -> None:
         raise _damaged(path, "its contents do not match the SHA-256 digest recorded when it was saved")
 
 
-def _rebuild(path: str, config: dict[str, Any], state: dict[str, Tensor]) -> VAE:
-    """A built-in VAE of the recorded configuration, in the recorded dtype, after checking its shapes."""
+def _rebuild(path: str, config: dict[str, Any], state: dict[str, Tensor], device: torch.device | None) -> VAE:
+    """A built-in VAE of the recorded configuration, in the recorded dtype, on ``device`` (default: the CPU),
+    after checking its shapes. Its memory is allocated but not initialised (no random draw, so PyTorch's
+    generators are left alone, and no time spent on values that are overwritten): :func:`load` fills every
+    tensor, which this checks that the checkpoint holds."""
     try:
         with torch.device("meta"):  # shapes only: a forged config must not allocate (or move) anything
-            skeleton = VAE(**config)
+            model = VAE(**config)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path} holds an invalid model configuration {config}: {err}") from err
-    _check_tensors(path, skeleton.state_dict(), state, f"the architecture {config}", dtypes=False)
-    model = VAE(**config, seed=0)  # seeded in a forked generator: loading leaves PyTorch's global one alone
+    _check_tensors(path, model.state_dict(), state, f"the architecture {config}", dtypes=False)
+    names = [name for name, _ in (*model.named_parameters(remove_duplicate=False),
+                                  *model.named_buffers(remove_duplicate=False))]
+    unfilled = sorted(set(names) - set(state))
+    if unfilled:  # pragma: no cover - the built-in MLP has no tensor outside its state_dict
+        raise RuntimeError(f"cannot rebuild {config}: {unfilled} would not be filled from the checkpoint")
     dtypes = {t.dtype for t in state.values()}
     if len(dtypes) == 1 and next(iter(dtypes)).is_floating_point:
         model.to(next(iter(dtypes)))  # a float64 model comes back as float64, not rounded to float32
-    return model
+    return model.to_empty(device=torch.device("cpu") if device is None else device)
 
 
 def _check_fits(path: str, payload: dict[str, Any], model: VAE) -> None:

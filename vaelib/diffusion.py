@@ -63,6 +63,7 @@ from tqdm import tqdm
 
 from ._validate import check_count, check_float, check_generator, check_int, check_tensor
 from .distributions import DiagonalNormal, DiscretisedGaussian, StandardNormal, log_prob
+from .model import seeded
 from .train import _progress_default
 
 __all__ = [
@@ -301,9 +302,7 @@ class DenoisingMLP(nn.Module):
             seed = check_int("seed", seed, minimum=0)
         w = torch.logspace(math.log10(1 / 16), math.log10(32), self.frequencies)
         self.register_buffer("omega", w)
-        with torch.random.fork_rng(devices=[], enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
+        with seeded(seed):  # the caller's generator is left as it was
             self.inp = nn.Linear(self.x_dim + 2 * self.frequencies, self.width)
             self.hidden = nn.ModuleList(
                 nn.ModuleList([nn.Linear(self.width, self.width), nn.Linear(self.width, self.width)])
@@ -530,8 +529,10 @@ def fit(model: Diffusion, x: Tensor, steps: int, *, batch_size: int = 256, lr: f
     :math:`-\tfrac12\lambda'_t\|\epsilon - \hat\epsilon_\theta(z_t; \lambda_t)\|^2` averaged over the batch.
     Adam (``lr``, cosine-annealed to 0 over ``steps`` updates), minibatches drawn without replacement
     (reshuffled every pass), and an exponential moving average of the weights with decay ``ema``, the
-    weights ``model`` holds at the end (``ema=0``: the last weights). Seeded end to end by ``seed``; the
-    global generator is not touched.
+    weights ``model`` holds at the end (``ema=0``: the last weights). Seeded end to end by ``seed``: the
+    data order, times and noise come from a generator of its own, and a network that draws from PyTorch's
+    global generator (dropout) gets it seeded by ``seed`` (under :func:`vaelib.model.seeded`); the caller's
+    global generator is left as it was.
 
     Args:
         model: the :class:`Diffusion` to train (in place; it ends holding the averaged weights).
@@ -581,7 +582,9 @@ def fit(model: Diffusion, x: Tensor, steps: int, *, batch_size: int = 256, lr: f
     was_training = model.training
     model.train()
     try:
-        with torch.enable_grad():
+        # A network of one's own may draw from the global generator (dropout): seed it from ``seed`` and
+        # give the caller's generator back afterwards, whatever happens.
+        with seeded(seed), torch.enable_grad():
             for step in tqdm(range(1, steps + 1), desc="diffusion", unit="step", disable=not show, leave=False):
                 if pos + batch_size > n:
                     order = torch.randperm(n, generator=g, device=x.device)

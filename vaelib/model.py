@@ -42,7 +42,8 @@ amortised Gaussian posterior; chapters 4 and 6 train the MLP; chapter 6 also tra
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import torch
@@ -64,16 +65,65 @@ MODEL_METHODS: tuple[str, ...] = ("posterior", "prior", "likelihood", "encode", 
 DERIVED_METHODS: tuple[str, ...] = ("mean", "log_px_z", "forward")
 
 
+#: The re-entrant lock that vaelib holds whenever it seeds PyTorch's global generators and uses them:
+#: :func:`seeded` (so ``VAE(..., seed=...)`` and the other seeded constructors), :func:`vaelib.fit`, and
+#: :func:`probe_likelihood` (which forks them: restoring them must not rewind another thread's block).
+#: PyTorch has one global generator per device, shared by all threads: two threads that seed it and draw
+#: from it at once get each other's numbers (4 threads building ``VAE(..., seed=0)`` at once gave 67
+#: different initialisations out of 80). vaelib's own seeded blocks therefore run one at a time, in any
+#: number of threads. What the lock does NOT protect against: code that is not vaelib's drawing from, or
+#: seeding, the global generator in another thread at the same moment (an unseeded ``nn.Linear(...)``,
+#: ``torch.manual_seed``, a ``DataLoader`` shuffling without its own generator). Such a draw takes numbers
+#: out of the seeded block's stream (the block's result changes), and the block's restoring the
+#: generator afterwards hands that thread's numbers out again. Code of yours that uses the global
+#: generator from several threads can hold this lock too (``with vaelib.model.GLOBAL_RNG_LOCK: ...``);
+#: it is re-entrant, so a seeded block inside another (or inside a model's module during ``fit``) is fine,
+#: but a module that, during ``fit``, waits for another thread that builds a seeded model would wait forever.
+GLOBAL_RNG_LOCK = threading.RLock()
+
+
+def _cuda_indices(device: torch.device) -> list[int]:
+    """The CUDA device whose generator code on ``device`` draws from (none for another device type)."""
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
+@contextlib.contextmanager
+def _forked_global_rng(device: torch.device | str | None = None) -> Iterator[Callable[[int], None]]:
+    """Hold :data:`GLOBAL_RNG_LOCK` and fork PyTorch's global CPU generator (and, for a CUDA ``device``, that
+    device's generator) for the block: whatever the block seeds or draws, both are restored exactly on
+    exit, even on an error or ``KeyboardInterrupt``. Yields ``reseed(seed)``, which seeds exactly those
+    generators (not the other GPUs', which ``torch.manual_seed`` would seed and the fork would not
+    restore). ``device`` defaults to PyTorch's default device (where modules built in the block go)."""
+    device = torch.get_default_device() if device is None else torch.device(device)
+    cuda = _cuda_indices(device)
+
+    def reseed(seed: int) -> None:
+        torch.default_generator.manual_seed(seed)
+        for index in cuda:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+
+    with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=cuda):
+        yield reseed
+
+
 @contextlib.contextmanager
 def seeded(seed: int | None) -> Iterator[None]:
     """Run the block with PyTorch's global generator seeded by ``seed`` and restore its state afterwards
-    (even on an error); ``seed=None`` runs it unchanged. Modules built inside get seeded initial weights."""
+    (even on an error); ``seed=None`` runs it unchanged. Modules built inside get seeded initial weights.
+
+    The generators are those of the CPU and, when PyTorch's default device is a GPU, of that GPU (no
+    other's). The block holds :data:`GLOBAL_RNG_LOCK`, so seeded blocks in several threads run one at a
+    time and each gets exactly the numbers of its seed (read the lock's note for what it cannot prevent).
+    """
     if seed is None:
         yield
         return
     seed = check_int("seed", seed, minimum=0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with _forked_global_rng() as reseed:
+        reseed(seed)
         yield
 
 
@@ -160,7 +210,9 @@ class VAE(nn.Module):
         prior: your prior, a module whose call returns a ``Distribution`` over ``z`` (default:
             :math:`\mathcal{N}(0, I)`); its parameters are the model's.
         device: where to put the parameters (default: where the modules are, the CPU for built-in ones).
-        seed: seeds the initial parameters of the built-in parts (``None`` uses PyTorch's global generator).
+        seed: seeds the initial parameters of the built-in parts (``None`` uses PyTorch's global generator),
+            in :func:`seeded`: the same seed gives the same parameters in any thread, also when several
+            threads build models at once, and PyTorch's global generator is left as it was.
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -218,9 +270,7 @@ class VAE(nn.Module):
         if device is not None:
             device = _check_device(device)
 
-        with torch.random.fork_rng(devices=[], enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
+        with seeded(seed):  # one at a time across threads (GLOBAL_RNG_LOCK), the caller's generator restored
             self.encoder = MLPEncoder(self.x_dim, self.hidden, self.z_dim) if encoder is None else encoder
             self.decoder = MLPDecoder(self.z_dim, tuple(reversed(self.hidden)), self.x_dim) if decoder is None else decoder
         #: The prior module given to the constructor (``None``: :math:`\mathcal{N}(0, I)`).
@@ -565,15 +615,15 @@ def probe_likelihood(model: VAE, c: Any = None) -> Distribution:
     """The model's likelihood at the code ``z = 0`` (for the first row's context), to learn its support.
 
     A probe leaves no trace: it runs without gradient, in evaluation mode (no dropout draw, no batch-norm
-    statistic updated; each module's previous mode is restored) and with PyTorch's global generators forked.
+    statistic updated; each module's previous mode is restored) and with PyTorch's global generators forked
+    (under :data:`GLOBAL_RNG_LOCK`: restoring them must not rewind a seeded block of another thread).
     """
     z0 = torch.zeros(1, model.z_dim, dtype=model.dtype, device=model.device)
     first = c[:1] if isinstance(c, Tensor) else c
     modes = [(module, module.training) for module in model.modules()]  # each module's own mode
-    devices = [model.device.index or 0] if model.device.type == "cuda" else []
     try:
         model.eval()
-        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        with torch.no_grad(), _forked_global_rng(model.device):
             return run_likelihood(model, z0, first)
     finally:
         for module, training in modes:

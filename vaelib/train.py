@@ -14,11 +14,15 @@ economy: for the built-in MLP with the plain ELBO (:func:`vaelib.model.is_builti
 comes from :func:`vaelib.elbo_backward`, the same chain rule written out by hand (the same numbers,
 tested against autograd); the benchmark shows what it saves. The loop slices a pre-loaded tensor (no
 per-sample ``DataLoader``, though it accepts one) and is seeded end to end: the same ``seed`` gives the
-same parameters, and a second call continues the run (:class:`FitState`).
+same parameters, whatever the caller did to PyTorch's global generator (which a model's dropout draws
+from: :func:`epoch_seed`), and a second call continues the run (:class:`FitState`). An error or
+``KeyboardInterrupt`` part-way leaves the model at a documented point, from which the run goes on to the
+same parameters (see :func:`fit`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import sys
@@ -35,7 +39,8 @@ from ._validate import check_float, check_int, check_tensor, in_unit_interval
 from .backprop import _elbo_backward
 from .data import Digits, _Binarizer
 from .elbo import _elbo
-from .model import VAE, _check_device, check_data_support, is_builtin_mlp, probe_likelihood
+from .model import (VAE, _check_device, _forked_global_rng, check_data_support, is_builtin_mlp,
+                    probe_likelihood)
 from .objectives import DReG, ELBO, IWAE, Objective, Step
 
 Schedule = Literal["constant", "cosine"]
@@ -157,7 +162,40 @@ def fit(
     parameters of ``fit(m, x, 20)``, bit for bit (with tensor data and the same settings). A continuing
     call must repeat the run's settings; ``restart=True`` starts a new run from the current parameters. A
     call with ``patience`` ends its run (the best parameters are restored, not the last ones), and so does
-    a divergence: the next call starts a new run.
+    a divergence: the next call starts a new run. The :class:`FitState` a call continues is never altered
+    (the call works on a copy of Adam's state and leaves a new one).
+
+    **Randomness.** Data order, binarisation and the objective's noise come from the run's own generator
+    (seeded with ``seed``). What a model draws from PyTorch's *global* generators itself (``nn.Dropout``,
+    ``torch.randn`` without a generator, a ``DataLoader`` that shuffles without its own generator) comes
+    from them seeded with :func:`epoch_seed` ``(seed, epoch)`` at the start of every epoch of the run
+    (the CPU's, and that of the CUDA device the model is on; another accelerator's, e.g. MPS, is neither
+    seeded nor forked). So the parameters depend on ``seed`` alone, never on the
+    caller's global generators, which ``fit`` leaves exactly as it found them (it forks them, also on an
+    error), and a continued run with dropout equals the long run bit for bit. ``fit`` holds
+    :data:`vaelib.model.GLOBAL_RNG_LOCK` while it trains, so that fits and seeded constructions in other
+    threads wait rather than share those generators (fits in several threads run one at a time).
+
+    **Grad and inference modes.** ``fit`` trains with autograd on, also when called inside
+    ``torch.no_grad()`` or ``torch.inference_mode()`` (data made in inference mode are copied), and
+    leaves the caller's modes as they were. It leaves the model in evaluation mode.
+
+    **An error part-way** (an exception from your module or your ``DataLoader`` at some batch or in the
+    validation, ``KeyboardInterrupt``, or a divergence) propagates, and the model is left as follows
+    (the exception carries a note, ``err.__notes__``, saying which case it is and where the call stopped):
+
+    * every module in the train/eval mode it had before the call; no ``.grad`` left; the caller's grad
+      mode, inference mode and global generators as before the call;
+    * without ``patience``: the model as after the **last complete epoch** of this call (parameters and
+      buffers; the updates of the interrupted epoch are undone), with ``model.fit_state`` holding the run
+      at that point, so that a call for the remaining epochs with the same settings gives exactly the
+      parameters of the uninterrupted call (with tensor data; an iterable of batches must give the
+      interrupted epoch's batches again). If no epoch was complete, the model is **as before the call**
+      (parameters, buffers, and the ``model.fit_state`` it carried, unchanged);
+    * with ``patience``: the parameters of the **best epoch so far** (those early stopping would have
+      restored; as before the call if no epoch was scored yet), and ``model.fit_state`` is ``None``;
+    * a divergence (:class:`TrainingDivergedError`) keeps the parameters its message names (below; the
+      best epoch's with ``patience``), and ``model.fit_state`` is ``None``.
 
     Args:
         model: the :class:`vaelib.VAE` to train (in place).
@@ -165,7 +203,8 @@ def fit(
             context ``c`` (a tensor, one row per example: labels, for a conditional VAE) is passed to the
             model's three methods, or any iterable of batches (a ``torch.utils.data.DataLoader``), each a
             tensor or a pair ``(x, c)``. An iterable is used in its own order (seed its generator for a
-            reproducible run).
+            reproducible run; one without a generator draws its order from the global generator, seeded
+            by :func:`epoch_seed`).
         epochs: passes over ``train`` in this call (``>= 1``).
         valid: held-out data in the same forms, scored with the ELBO after every epoch (in the likelihood's
             support: binary for a Bernoulli model).
@@ -182,8 +221,9 @@ def fit(
             likelihood is a Bernoulli (its support is {0, 1}) and the data are not already binary.
         patience: stop when the validation ELBO has not improved for this many epochs, and restore the
             best parameters (needs ``valid``).
-        seed: seeds data order, binarisation and sampling noise of a new run (the built-in model's
-            initialisation is seeded by ``VAE(..., seed=...)``).
+        seed: seeds data order, binarisation and sampling noise of a new run, and the model's own draws
+            from the global generators (:func:`epoch_seed`); the built-in model's initialisation is seeded
+            by ``VAE(..., seed=...)``.
         progress: show a progress bar; ``None`` shows one unless ``VAELIB_PROGRESS=0`` is set.
         device: move the model and data there first (default: the model's device).
         restart: start a new run even if the model carries one (fresh Adam, step 0, the stream of ``seed``).
@@ -192,12 +232,14 @@ def fit(
         ValueError: a bad argument; a continuing call with other settings than its run's; a trainable
             parameter that gets no gradient from the objective at the first step (named; nothing is
             updated), e.g. ``obs_logvar`` of a ``likelihood="gaussian"`` model whose decoder returns its own
-            distribution.
+            distribution. A model whose parameters or buffers were made inside ``torch.inference_mode()``
+            (they can never be trained).
         TrainingDivergedError: the loss or a gradient became NaN/inf; says which epoch and batch. The model
-            keeps parameters at which the loss was found finite: a failing update is never applied, and
-            after a non-finite loss the model goes back to the parameters saved at most
-            :data:`SNAPSHOT_EVERY` updates earlier (the error says from which epoch and batch). The run
-            cannot be continued (``model.fit_state`` is cleared).
+            keeps parameters at which the loss was found finite: with ``patience``, those of the best
+            epoch so far; otherwise a failing update is never applied, and after a non-finite loss the
+            model goes back to the parameters saved at most :data:`SNAPSHOT_EVERY` updates earlier (the
+            error says from which epoch and batch). The run cannot be continued (``model.fit_state`` is
+            cleared).
     """
     if not isinstance(model, VAE):
         raise TypeError(f"model must be a vaelib.VAE, got {type(model).__name__}")
@@ -223,6 +265,12 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no parameter that requires a gradient: nothing to train")
+    made_in_inference = [k for k, v in model.state_dict().items() if isinstance(v, Tensor) and v.is_inference()]
+    if made_in_inference:
+        raise ValueError(
+            f"{', '.join(made_in_inference)} of {type(model).__name__} were made inside torch.inference_mode(), and "
+            "such tensors can never be trained or updated: build (or load) the model outside inference mode"
+        )
     steps_per_epoch = data.steps_per_epoch
     if steps_per_epoch is None and (lr_schedule == "cosine" or _needs_steps(objective)):
         raise ValueError("train has no len(): a cosine schedule or a KL warm-up needs the number of batches "
@@ -249,35 +297,46 @@ def fit(
             "the run starts, or restart=True"
         )
 
-    # Everything is checked: only now is anything moved or changed.
-    model.to(device)
-    data.to(device)
-    if valid_data is not None:
-        valid_data.to(device)
-    gradient = (_HandWritten(params, objective)
-                if is_builtin_mlp(model) and type(objective) is ELBO and objective.free_bits == 0 and not data.has_context
-                else _Autograd(objective))
-    optimizer = torch.optim.Adam(params, lr=lr, betas=ADAM_BETAS, fused=device.type in ("cpu", "cuda"))
-    g = torch.Generator(device=device).manual_seed(seed)
-    first_epoch = 0
-    if state is not None:
-        optimizer.load_state_dict(state.optimizer)
-        g.set_state(state.generator)
-        first_epoch = state.epoch
-    last_good = _LastGood(params)  # parameters at which the loss was finite, saved every SNAPSHOT_EVERY steps
-    history, best, best_state, since_best, step = History(), -math.inf, None, 0, first_step
-    show = _progress_default() if progress is None else bool(progress)
-    bar = tqdm(range(first_epoch + 1, first_epoch + epochs + 1), desc="fit", unit="epoch", disable=not show,
-               file=sys.stderr)
-    model.fit_state = None  # a run that fails half-way cannot be continued
-    model.train()
-    checked_gradients = False
-    with torch.enable_grad():  # training needs gradients, also when the caller is inside torch.no_grad()
+    # Everything is checked: only now is anything moved or changed. From here on, an error (or
+    # KeyboardInterrupt) leaves the model as the docstring says (_Recovery), and the caller's grad mode,
+    # inference mode and global generators as they were (the three contexts restore them on any exit).
+    # inference_mode(False) and enable_grad: training needs autograd, also inside the caller's
+    # torch.inference_mode() or torch.no_grad(). The fork: a model's own draws from the global generators
+    # (dropout) come from epoch_seed(seed, epoch), under GLOBAL_RNG_LOCK (one such block at a time).
+    with torch.inference_mode(False), torch.enable_grad(), _forked_global_rng(device) as reseed:
+        recovery = _Recovery(model, tensor_data=data.x is not None)
+        history, best, best_state, since_best = History(), -math.inf, None, 0
+        bar = None
         try:
+            model.to(device)
+            data.to(device)
+            if valid_data is not None:
+                valid_data.to(device)
+            gradient = (_HandWritten(params, objective)
+                        if is_builtin_mlp(model) and type(objective) is ELBO and objective.free_bits == 0
+                        and not data.has_context else _Autograd(objective))
+            optimizer = torch.optim.Adam(params, lr=lr, betas=ADAM_BETAS, fused=device.type in ("cpu", "cuda"))
+            g = torch.Generator(device=device).manual_seed(seed)
+            first_epoch = 0
+            if state is not None:
+                optimizer.load_state_dict(_copy_optimizer_state(state.optimizer))  # the run given stays as it is
+                g.set_state(state.generator)
+                first_epoch = state.epoch
+            run_settings = {**settings, "horizon": horizon}
+            last_good = _LastGood(params)  # parameters at which the loss was finite, saved every SNAPSHOT_EVERY steps
+            step = first_step
+            show = _progress_default() if progress is None else bool(progress)
+            bar = tqdm(range(first_epoch + 1, first_epoch + epochs + 1), desc="fit", unit="epoch", disable=not show,
+                       file=sys.stderr)
+            model.fit_state = None  # until the run reaches a point it can be continued from
+            model.train()
+            checked_gradients = False
             for epoch in bar:
+                reseed(epoch_seed(seed, epoch))  # the model's own draws: the same in every call and process
                 t0 = time.perf_counter()
                 sum_bound = sum_kl = 0.0
                 n_seen = 0
+                recovery.where = f"at epoch {epoch}, batch 1"
                 for b, (xb, cb) in enumerate(data.batches(g), start=1):
                     lr_t = lr if horizon is None else 0.5 * lr * (1 + math.cos(math.pi * step / horizon))
                     result = gradient(model, xb, cb, g, step, steps_per_epoch or 1)  # the gradient is now in p.grad
@@ -286,8 +345,9 @@ def fit(
                         checked_gradients = True
                     loss, bound_sum, kl_sum, grad_norm = _read(result, gradient.squared_norm(params))
                     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                        recovery.diverged = True
                         raise _diverged("loss" if not math.isfinite(loss) else "gradient", epoch, b,
-                                        steps_per_epoch, history, last_good, model, data, seed)
+                                        steps_per_epoch, history, last_good, model, data, seed, best_state)
                     if step % SNAPSHOT_EVERY == 0:
                         last_good.save(epoch, b)
                     optimizer.param_groups[0]["lr"] = lr_t
@@ -296,6 +356,7 @@ def fit(
                     sum_bound += bound_sum
                     sum_kl += kl_sum
                     n_seen += xb.shape[0]
+                    recovery.where = f"at epoch {epoch}, batch {b + 1}"  # (set before the next batch is fetched)
                 if n_seen == 0:
                     raise ValueError("train yielded no batch")
                 history.train_elbo.append(sum_bound / n_seen)
@@ -304,35 +365,145 @@ def fit(
                 history.beta.append(objective.beta_at(step - 1, steps_per_epoch or 1) if type(objective) is ELBO else 1.0)
                 postfix = {"train": f"{history.train_elbo[-1]:.2f}"}
                 if valid_data is not None:
+                    recovery.where = f"in the validation after epoch {epoch}"
                     history.valid_elbo.append(_mean_elbo(model, valid_data, seed + 1))  # same noise every epoch
                     model.train()
                     postfix["valid_elbo"] = f"{history.valid_elbo[-1]:.2f}"
                     if history.valid_elbo[-1] > best:
                         best, since_best, history.best_epoch = history.valid_elbo[-1], 0, epoch - first_epoch
                         if patience is not None:
-                            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                            best_state = _Best(history.best_epoch, best, _copy_tensors(model.state_dict()))
                     else:
                         since_best += 1
                 history.seconds.append(time.perf_counter() - t0)
                 bar.set_postfix(postfix)
+                if patience is None:  # the run can be continued from here
+                    recovery.epoch_done(epoch, step, optimizer, g, run_settings, first_epoch + epochs - epoch)
                 if patience is not None and since_best >= patience:
                     history.stopped_early = True
                     break
             # The last update has not been scored yet: score it on the last batch (unless the best is restored).
+            recovery.where = "in the check of the last update"
             if best_state is None and not math.isfinite(_mean_elbo(model, _Data.single(model, xb, cb), seed + 2)):
+                recovery.diverged = True
                 raise _diverged("loss after the last update", epoch, b, steps_per_epoch, history, last_good,
-                                model, data, seed)
-        finally:  # also when training diverges: no gradient outlives fit
-            bar.close()
+                                model, data, seed, best_state)
+        except BaseException as err:
+            recovery.give_back(err, best_state)
+            raise
+        finally:  # also on an error: no gradient outlives fit
+            if bar is not None:
+                bar.close()
             for p in params:
                 p.grad = None
-            model.eval()
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    else:
-        model.fit_state = FitState(epoch=epoch, step=step, optimizer=optimizer.state_dict(), generator=g.get_state(),
-                                   settings={**settings, "horizon": horizon})
+        model.eval()
+        if best_state is not None:
+            model.load_state_dict(best_state.values)
+        else:
+            model.fit_state = FitState(epoch=epoch, step=step, optimizer=optimizer.state_dict(),
+                                       generator=g.get_state(), settings=run_settings)
     return history
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed that :func:`fit` gives PyTorch's global generators at the start of epoch ``epoch`` (1-based,
+    counted over the whole run, so the same in a continuing call) of a run started with ``seed``.
+
+    It is what a model's own draws from the global generator come from: ``nn.Dropout``, ``torch.randn``
+    without a generator, a ``DataLoader`` that shuffles without its own. A plain loop reproduces
+    :func:`fit` on such a model by calling ``torch.manual_seed(epoch_seed(seed, epoch))`` before each
+    epoch. The number is the first 63 bits of a SHA-256 of ``seed`` and ``epoch``: independent streams
+    for every epoch and seed, the same on every machine.
+    """
+    seed = check_int("seed", seed, minimum=0)
+    epoch = check_int("epoch", epoch)
+    digest = hashlib.sha256(f"vaelib.fit global generators: seed {seed}, epoch {epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+@dataclass
+class _Best:
+    """The best epoch of a call with ``patience``: its number in the call, validation ELBO and values."""
+
+    epoch: int
+    elbo: float
+    values: dict[str, Any]
+
+
+def _copy_tensors(state: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a ``state_dict``: every tensor cloned (a module's extra state is kept as it is)."""
+    return {k: v.detach().clone() if isinstance(v, Tensor) else v for k, v in state.items()}
+
+
+def _copy_optimizer_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A copy of an optimizer's ``state_dict`` that shares no tensor with it. (``load_state_dict`` keeps the
+    tensors it is given when their dtype and device fit, and Adam then updates them in place: the run a
+    model carried, or one kept by the caller, would change under a continuing call.)"""
+    return {
+        "state": {index: {k: v.clone() if isinstance(v, Tensor) else v for k, v in slots.items()}
+                  for index, slots in state["state"].items()},
+        "param_groups": [{**group, "params": list(group["params"])} for group in state["param_groups"]],
+    }
+
+
+class _Recovery:
+    """What :func:`fit` gives back when the call fails part-way (see its docstring): each module's mode and
+    the model's values before the call, the run it carried, the run at the end of the last complete epoch."""
+
+    def __init__(self, model: VAE, tensor_data: bool) -> None:
+        self.model, self.tensor_data = model, tensor_data
+        self.modes = [(module, module.training) for module in model.modules()]
+        self.carried = getattr(model, "fit_state", None)
+        self.initial = _copy_tensors(model.state_dict())
+        self.done: FitState | None = None  # the run after the last complete epoch (without patience)
+        self.done_values: dict[str, Any] | None = None
+        self.epochs_left = 0
+        self.where = "in its preparation"  # where the call is, for the note
+        self.diverged = False  # TrainingDivergedError: _diverged chose the parameters
+
+    def epoch_done(self, epoch: int, step: int, optimizer: torch.optim.Optimizer, g: torch.Generator,
+                   settings: dict[str, Any], epochs_left: int) -> None:
+        self.done_values = _copy_tensors(self.model.state_dict())
+        self.done = FitState(epoch=epoch, step=step, optimizer=_copy_optimizer_state(optimizer.state_dict()),
+                             generator=g.get_state(), settings=settings)
+        self.epochs_left = epochs_left
+
+    def give_back(self, err: BaseException, best: _Best | None) -> None:
+        """Put the model in the documented state and say so in a note on ``err``."""
+        model = self.model
+        modes = "its modules are back in the train/eval modes they had before the call"
+        if self.diverged:
+            model.fit_state = None
+            note = (f"vaelib.fit: the model keeps the parameters the error names; {modes}; model.fit_state is "
+                    "None (this run cannot be continued: the next call starts a new one).")
+        elif best is not None:
+            model.load_state_dict(best.values)
+            model.fit_state = None
+            note = (f"vaelib.fit stopped {self.where} by this exception. The model keeps the parameters of its best "
+                    f"epoch so far (epoch {best.epoch} of this call, validation ELBO {best.elbo:.4f} nats per "
+                    "example), as early stopping would have left it; its run has ended (model.fit_state is "
+                    f"None), as every call with patience ends it; {modes}.")
+        elif self.done is not None:
+            model.load_state_dict(self.done_values)
+            model.fit_state = self.done
+            exactly = ("to exactly the parameters this call would have given" if self.tensor_data else
+                       "as this call would have (exactly so if the iterable of batches gives the epoch's batches "
+                       "again: a DataLoader with its own generator has moved on)")
+            goes_on = (f"fit(model, train, {self.epochs_left}, ...) with this call's other arguments continues it "
+                       f"{exactly}" if self.epochs_left
+                       else "this call's epochs were all complete, and a further call continues the run")
+            note = (f"vaelib.fit stopped {self.where} by this exception. The model is left as after epoch "
+                    f"{self.done.epoch}, the last complete one (its parameters and buffers; later updates are "
+                    f"undone), and model.fit_state holds the run at that point: {goes_on}; {modes}.")
+        else:
+            model.load_state_dict(self.initial)
+            model.fit_state = self.carried
+            note = (f"vaelib.fit stopped {self.where} by this exception, before completing an epoch: the model is left "
+                    "as it was before the call (its parameters, buffers and model.fit_state, which is unchanged), "
+                    f"and {modes}.")
+        for module, training in self.modes:
+            module.training = training
+        err.add_note(note)
 
 
 def _objective(objective: object, beta: object, warmup_epochs: object, n_samples: object) -> Objective:
@@ -451,10 +622,16 @@ class _LastGood:
 
 
 def _diverged(what: str, epoch: int, b: int, steps_per_epoch: int | None, history: History,
-              last_good: _LastGood, model: VAE, data: "_Data", seed: int) -> TrainingDivergedError:
-    """Go back to the saved parameters if the loss is what failed (the current ones are bad); the error,
-    which says whether the ELBO of the training data is finite at the parameters kept."""
-    if what.startswith("loss") and last_good.where is not None:
+              last_good: _LastGood, model: VAE, data: "_Data", seed: int,
+              best: "_Best | None") -> TrainingDivergedError:
+    """Go back to the best epoch's parameters (with patience), or to the saved ones if the loss is what
+    failed (the current ones are bad); the error, which says whether the ELBO of the training data is
+    finite at the parameters kept."""
+    if best is not None:
+        model.load_state_dict(best.values)
+        kept = (f"the parameters of its best epoch so far, epoch {best.epoch} of this call (validation ELBO "
+                f"{best.elbo:.2f}), as early stopping would have left it")
+    elif what.startswith("loss") and last_good.where is not None:
         last_good.restore()
         kept = (f"the parameters it had at epoch {last_good.where[0]}, batch {last_good.where[1]}, where the "
                 "loss was finite (the latest saved)")
@@ -551,11 +728,12 @@ class _Data:
             return None
 
     def to(self, device: torch.device) -> None:
-        if self.x is not None and self.x.device != device:
-            self.x = self.x.to(device)
+        """Move the data to ``device`` (and copy tensors made in inference mode, which autograd cannot use)."""
+        if self.x is not None and (self.x.device != device or self.x.is_inference()):
+            self.x = _usable(self.x.to(device))
             self.binarizer = None if self.binarizer is None else _Binarizer(self.x)
         if isinstance(self.c, Tensor):
-            self.c = self.c.to(device)
+            self.c = _usable(self.c.to(device))
         self.device = device
 
     def batches(self, g: torch.Generator, shuffle: bool = True) -> Iterator[tuple[Tensor, Any]]:
@@ -582,9 +760,9 @@ class _Data:
             xb, cb = batch[0], (batch[1] if len(batch) == 2 else None)
         else:
             xb, cb = batch, None
-        xb = self._check(_as_tensor(xb)).to(getattr(self, "device", xb.device))
+        xb = _usable(self._check(_as_tensor(xb)).to(getattr(self, "device", xb.device)))
         if isinstance(cb, Tensor):
-            cb = cb.to(xb.device)
+            cb = _usable(cb.to(xb.device))
         if self.bernoulli is None:
             self.bernoulli = self._probe(cb)
         binarizer = self._binarizer(xb, cb)  # each batch as the whole tensor would be
@@ -596,6 +774,12 @@ def _bernoulli(model: VAE, c: Any) -> bool:
     likelihood = probe_likelihood(model, c if isinstance(c, Tensor) else None)
     support = getattr(likelihood.support, "base_constraint", likelihood.support)
     return isinstance(support, type(torch.distributions.constraints.boolean))
+
+
+def _usable(t: Tensor) -> Tensor:
+    """``t``, or a normal copy of it if it was made inside ``torch.inference_mode()`` (autograd cannot save
+    such a tensor for the backward pass)."""
+    return t.clone() if t.is_inference() else t
 
 
 def _as_tensor(data: Tensor | Digits) -> Tensor:
