@@ -991,3 +991,21 @@ def test_model_bad_inputs():
     assert prior.event_shape == (2,) and prior.dtype == torch.float32
     lik = D.Diffusion(tiny_net(), 2, levels=9).likelihood(torch.zeros(3, 2, dtype=F64))
     assert isinstance(lik, DiscretisedGaussian) and lik.levels == 9
+
+
+def test_fit_trains_inside_inference_mode_and_refuses_a_model_made_there():
+    """As vaelib.fit: a caller's inference mode is switched off inside (and back on after); data made there
+    are copied; a network made there can never be trained and is refused by name."""
+    x = torch.randn(32, 2, generator=torch.Generator().manual_seed(0))
+    model = D.Diffusion(D.DenoisingMLP(2, width=8, blocks=1, seed=0), 2)
+    reference = D.Diffusion(D.DenoisingMLP(2, width=8, blocks=1, seed=0), 2)
+    D.fit(reference, x, 3, batch_size=16, progress=False)
+    with torch.inference_mode():
+        x_inf = x.clone()
+        D.fit(model, x_inf, 3, batch_size=16, progress=False)
+        assert torch.is_inference_mode_enabled()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), reference.parameters()))
+    with torch.inference_mode():
+        made_there = D.Diffusion(D.DenoisingMLP(2, width=8, blocks=1, seed=0), 2)
+    with pytest.raises(ValueError, match="inference_mode"):
+        D.fit(made_there, x, 3, batch_size=16, progress=False)

@@ -548,6 +548,9 @@ def fit(model: Diffusion, x: Tensor, steps: int, *, batch_size: int = 256, lr: f
 
     Raises:
         ValueError, TypeError: a bad argument, or data outside the likelihood's support.
+        ValueError: also a model whose tensors were made inside ``torch.inference_mode()`` (they can never
+            be trained). Called inside ``torch.no_grad()`` or ``torch.inference_mode()``, ``fit`` trains
+            with autograd on and leaves the caller's modes as they were.
         FloatingPointError: the loss became NaN or infinite. The model then keeps its last weights (from
             before the failing update), not their average; so it does after an interrupt.
     """
@@ -562,6 +565,13 @@ def fit(model: Diffusion, x: Tensor, steps: int, *, batch_size: int = 256, lr: f
     seed = check_int("seed", seed, minimum=0)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable or None, got {type(callback).__name__}")
+    made_in_inference = [name for name, t in model.state_dict().items() if t.is_inference()]
+    if made_in_inference:
+        raise ValueError(f"{', '.join(made_in_inference)} of the model were made inside torch.inference_mode(), "
+                         "and such tensors can never be trained: build the model outside inference mode")
+    if x.is_inference():  # data made in inference mode: a normal copy, so that autograd may use it
+        with torch.inference_mode(False):
+            x = x.clone()
     lik = model.likelihood(torch.zeros(1, model.x_dim, dtype=x.dtype, device=x.device))
     if not bool(lik.support.check(x).all()):
         raise ValueError(f"x lies outside the support of the likelihood {type(lik).__name__} ({lik.support})")
@@ -570,7 +580,8 @@ def fit(model: Diffusion, x: Tensor, steps: int, *, batch_size: int = 256, lr: f
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr, fused=True if x.device.type in ("cpu", "cuda") else None)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / steps)))
-    averaged = copy.deepcopy(model)
+    with torch.inference_mode(False):  # the average must be a normal tensor, whatever the caller's mode
+        averaged = copy.deepcopy(model)
     for p in averaged.parameters():
         p.requires_grad_(False)
     losses: list[float] = []
@@ -584,7 +595,7 @@ def fit(model: Diffusion, x: Tensor, steps: int, *, batch_size: int = 256, lr: f
     try:
         # A network of one's own may draw from the global generator (dropout): seed it from ``seed`` and
         # give the caller's generator back afterwards, whatever happens.
-        with seeded(seed), torch.enable_grad():
+        with seeded(seed), torch.inference_mode(False), torch.enable_grad():
             for step in tqdm(range(1, steps + 1), desc="diffusion", unit="step", disable=not show, leave=False):
                 if pos + batch_size > n:
                     order = torch.randperm(n, generator=g, device=x.device)
@@ -608,7 +619,7 @@ def fit(model: Diffusion, x: Tensor, steps: int, *, batch_size: int = 256, lr: f
                     callback(step, averaged)
     finally:
         model.train(was_training)
-    with torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad():
         for p, pa in zip(model.parameters(), averaged.parameters()):
             p.copy_(pa)
     return DiffusionHistory(losses, seconds)
