@@ -782,9 +782,10 @@ def test_latent_explorer(theme, html_dir, server, browser):
     assert not net["errors"], f"JavaScript errors: {net['errors']}"
 
 
-def test_latent_explorer_from_file(html_dir, browser):
-    """Opened from file:// (no server), the explorer starts and decodes: its data is inline."""
-    url = (html_dir / f"{EXPLORER_PAGE}.html").resolve().as_uri()
+def evaluate_from_file(browser, html_file: Path, expression: str):
+    """Open ``html_file`` from file:// (no server) in a new tab, evaluate ``expression`` there once the page
+    has loaded, and return ``(its value, the page's URL, the tab's events)``."""
+    url = html_file.resolve().as_uri()
     target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
     session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
     try:
@@ -793,11 +794,18 @@ def test_latent_explorer_from_file(html_dir, browser):
         start = len(browser.events)
         browser.send("Page.navigate", {"url": url}, session=session)
         browser.wait_event("Page.loadEventFired", session, start, PAGE_TIMEOUT)
-        result = _evaluate(browser, session, "(() => { const X = window.vaelibExplorer;"
-                           " return X ? [X.decode([1, -1]).length, X.getZ()] : null; })()")
+        result = _evaluate(browser, session, expression)
         events = browser.session_events(session, start)
     finally:
         browser.send("Target.closeTarget", {"targetId": target})
+    return result, url, events
+
+
+def test_latent_explorer_from_file(html_dir, browser):
+    """Opened from file:// (no server), the explorer starts and decodes: its data is inline."""
+    result, url, events = evaluate_from_file(
+        browser, html_dir / f"{EXPLORER_PAGE}.html",
+        "(() => { const X = window.vaelibExplorer; return X ? [X.decode([1, -1]).length, X.getZ()] : null; })()")
     assert result is not None, "the explorer did not start from file://"
     assert result[0] == 784
     explorer_errors = [e for e in network_problems(events, url)["errors"] if "explorer" in str(e).lower()]
@@ -1162,23 +1170,12 @@ def test_diffusion_sampler(theme, html_dir, server, browser):
 
 def test_diffusion_sampler_from_file(html_dir, browser):
     """Opened from file:// (no server), the sampler starts and computes: its data is inline."""
-    url = (html_dir / f"{DIFFUSION_PAGE}.html").resolve().as_uri()
-    target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-    session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-    try:
-        for domain in ("Page", "Runtime"):
-            browser.send(f"{domain}.enable", session=session)
-        start = len(browser.events)
-        browser.send("Page.navigate", {"url": url}, session=session)
-        browser.wait_event("Page.loadEventFired", session, start, PAGE_TIMEOUT)
-        result = _evaluate(browser, session, """(async () => { const X = window.vaelibDiffusion;
+    result, url, events = evaluate_from_file(browser, html_dir / f"{DIFFUSION_PAGE}.html", """(async () => {
+            const X = window.vaelibDiffusion;
             if (!X) return null;
             const ready = await X.whenReady();
             const noise = Array.from({length: X.steps + 1}, () => [[0.5, -0.5]]);
             return [ready, X.step, X.points().length, X.run(noise).length, X.run(noise)[X.steps][0].length]; })()""")
-        events = browser.session_events(session, start)
-    finally:
-        browser.send("Target.closeTarget", {"targetId": target})
     assert result is not None, "the sampler did not start from file://"
     ready, step, n_points, rows, d = result
     assert ready is True and rows == step + 1 and d == 2 and n_points > 0, result

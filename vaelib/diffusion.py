@@ -49,19 +49,19 @@ What the module holds:
 
 from __future__ import annotations
 
-import base64
 import copy
 import math
 import time
-from typing import Any, Callable, Literal, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, MultivariateNormal, Normal
+from torch.distributions import Categorical, Distribution, MixtureSameFamily, MultivariateNormal
 from tqdm import tqdm
 
 from ._validate import check_count, check_float, check_generator, check_int, check_tensor
+from .explorer import _b64_float32  # the layout chapter 6's explorer uses too
 from .distributions import DiagonalNormal, DiscretisedGaussian, StandardNormal, log_prob
 from .model import seeded
 from .train import _progress_default
@@ -209,6 +209,11 @@ def _rows(name: str, t: Tensor, n: int) -> Tensor:
     return t
 
 
+def _times(name: str, t: object, like: Tensor) -> Tensor:
+    """Checked times ``t`` (a number, or one per row of ``like``) as a ``(n,)`` tensor in ``like``'s dtype."""
+    return _rows(name, check_time(name, t, like=like), like.shape[0]).to(like.dtype)
+
+
 def _data(name: str, x: object) -> Tensor:
     return check_tensor(name, x, ndim=2)
 
@@ -218,8 +223,7 @@ def marginal(schedule: Schedule, x: Tensor, t: Tensor | float) -> DiagonalNormal
     ``t`` (a number, or one per row)."""
     _check_schedule(schedule)
     x = _data("x", x)
-    t = _rows("t", check_time("t", t, like=x), x.shape[0])
-    _, log_alpha, logvar = _logs(schedule, t.to(x.dtype))
+    _, log_alpha, logvar = _logs(schedule, _times("t", t, x))
     return DiagonalNormal(torch.exp(log_alpha) * x, logvar.expand_as(x))
 
 
@@ -237,9 +241,7 @@ def transition(schedule: Schedule, z_s: Tensor, s: Tensor | float, t: Tensor | f
 
 
 def _pair(s: object, t: object, like: Tensor) -> tuple[Tensor, Tensor]:
-    n = like.shape[0]
-    s = _rows("s", check_time("s", s, like=like), n).to(like.dtype)
-    t = _rows("t", check_time("t", t, like=like), n).to(like.dtype)
+    s, t = _times("s", s, like), _times("t", t, like)
     if not bool((s < t).all()):
         raise ValueError("need s < t for every row (s is the earlier, less noisy time)")
     return s, t
@@ -373,8 +375,7 @@ class Diffusion(nn.Module):
     def eps(self, z_t: Tensor, t: Tensor | float) -> Tensor:
         r""":math:`\hat\epsilon_\theta(z_t; \lambda_t)`, the predicted noise, ``(n, d)``."""
         z_t = self.check_z(z_t, "z_t")
-        t = _rows("t", check_time("t", t, like=z_t), z_t.shape[0]).to(z_t.dtype)
-        out = self.net(z_t, self.schedule.logsnr(t))
+        out = self.net(z_t, self.schedule.logsnr(_times("t", t, z_t)))
         if not isinstance(out, Tensor) or out.shape != z_t.shape:
             raise ValueError(f"net must return a tensor of z's shape {tuple(z_t.shape)}, got "
                              f"{tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}")
@@ -383,15 +384,13 @@ class Diffusion(nn.Module):
     def x_hat(self, z_t: Tensor, t: Tensor | float) -> Tensor:
         r""":math:`\hat x_\theta = (z_t - \sigma_t\hat\epsilon)/\alpha_t`, the data prediction."""
         eps = self.eps(z_t, t)
-        t = _rows("t", check_time("t", t, like=z_t), z_t.shape[0]).to(z_t.dtype)
-        _, log_alpha, logvar = _logs(self.schedule, t)
+        _, log_alpha, logvar = _logs(self.schedule, _times("t", t, z_t))
         return (z_t - torch.exp(0.5 * logvar) * eps) * torch.exp(-log_alpha)
 
     def score(self, z_t: Tensor, t: Tensor | float) -> Tensor:
         r""":math:`\nabla_{z}\log p(z_t) \approx -\hat\epsilon/\sigma_t`, the score prediction."""
         eps = self.eps(z_t, t)
-        t = _rows("t", check_time("t", t, like=z_t), z_t.shape[0]).to(z_t.dtype)
-        _, _, logvar = _logs(self.schedule, t)
+        _, _, logvar = _logs(self.schedule, _times("t", t, z_t))
         return -eps * torch.exp(-0.5 * logvar)
 
     def reverse(self, z_t: Tensor, s: Tensor | float, t: Tensor | float) -> DiagonalNormal:
@@ -716,11 +715,6 @@ def diffused_mixture(mixture: MixtureSameFamily, schedule: Schedule, t: float) -
 FORMAT = "vaelib-diffusion/1"
 
 
-def _b64(t: Tensor) -> str:
-    a = t.detach().cpu().to(torch.float32).contiguous().numpy().astype("<f4", copy=False)
-    return base64.b64encode(a.tobytes()).decode("ascii")
-
-
 def export_reverse_process(model: Diffusion, steps: int) -> dict[str, Any]:
     r"""A :class:`Diffusion` with a :class:`DenoisingMLP` as a JSON-ready ``dict`` for the in-page sampler.
 
@@ -748,6 +742,6 @@ def export_reverse_process(model: Diffusion, steps: int) -> dict[str, Any]:
         "blocks": net.blocks,
         "logsnr": [float(v) for v in model.schedule.logsnr(t)],
         "omega": [float(v) for v in net.omega.to(torch.float64)],
-        "layers": [{"in": lin.in_features, "out": lin.out_features, "weight": _b64(lin.weight),
-                    "bias": _b64(lin.bias)} for lin in linears],
+        "layers": [{"in": lin.in_features, "out": lin.out_features, "weight": _b64_float32(lin.weight),
+                    "bias": _b64_float32(lin.bias)} for lin in linears],
     }

@@ -74,6 +74,24 @@ def _check_float_tensor(name: str, t: object) -> Tensor:
     return t
 
 
+def _loc_and(name: str, loc: Tensor, other: Tensor) -> torch.Size:
+    """The full shape of a distribution with location ``loc`` (the event its last dimension) and a second
+    parameter ``other`` (named ``name``) of the same dtype that broadcasts against it without widening the
+    event; a ``TypeError``/``ValueError`` otherwise."""
+    _check_float_tensor("loc", loc)
+    _check_float_tensor(name, other)
+    if other.dtype != loc.dtype:
+        raise TypeError(f"{name} must have loc's dtype {loc.dtype}, got {other.dtype}")
+    if loc.dim() < 1:
+        raise ValueError("loc must have at least one dimension (the event)")
+    shape = _broadcast(loc.shape, other.shape)
+    if shape is None:
+        raise ValueError(f"{name} {tuple(other.shape)} does not broadcast with loc {tuple(loc.shape)}")
+    if shape[-1] != loc.shape[-1]:
+        raise ValueError(f"{name} {tuple(other.shape)} must not widen the event of loc {tuple(loc.shape)}")
+    return shape
+
+
 def _expand_shape(d: Distribution, batch_shape: object) -> torch.Size:
     """``batch_shape`` checked, and that ``d``'s batch shape broadcasts to it."""
     shape = _check_shape("batch_shape", batch_shape)
@@ -133,17 +151,7 @@ class DiagonalNormal(_Vaelib):
     has_rsample = True
 
     def __init__(self, loc: Tensor, logvar: Tensor, validate_args: bool | None = None) -> None:
-        _check_float_tensor("loc", loc)
-        _check_float_tensor("logvar", logvar)
-        if logvar.dtype != loc.dtype:
-            raise TypeError(f"logvar must have loc's dtype {loc.dtype}, got {logvar.dtype}")
-        if loc.dim() < 1:
-            raise ValueError("loc must have at least one dimension (the event)")
-        shape = _broadcast(loc.shape, logvar.shape)
-        if shape is None:
-            raise ValueError(f"logvar {tuple(logvar.shape)} does not broadcast with loc {tuple(loc.shape)}")
-        if shape[-1] != loc.shape[-1]:
-            raise ValueError(f"logvar {tuple(logvar.shape)} must not widen the event of loc {tuple(loc.shape)}")
+        shape = _loc_and("logvar", loc, logvar)
         self.loc, self.logvar = loc, logvar
         super().__init__(shape[:-1], shape[-1:], validate_args)
 
@@ -367,17 +375,7 @@ class DiscretisedGaussian(_Vaelib):
 
     def __init__(self, loc: Tensor, scale: Tensor, levels: int, low: float = -1.0, high: float = 1.0,
                  validate_args: bool | None = None) -> None:
-        _check_float_tensor("loc", loc)
-        _check_float_tensor("scale", scale)
-        if scale.dtype != loc.dtype:
-            raise TypeError(f"scale must have loc's dtype {loc.dtype}, got {scale.dtype}")
-        if loc.dim() < 1:
-            raise ValueError("loc must have at least one dimension (the event)")
-        shape = _broadcast(loc.shape, scale.shape)
-        if shape is None:
-            raise ValueError(f"scale {tuple(scale.shape)} does not broadcast with loc {tuple(loc.shape)}")
-        if shape[-1] != loc.shape[-1]:
-            raise ValueError(f"scale {tuple(scale.shape)} must not widen the event of loc {tuple(loc.shape)}")
+        shape = _loc_and("scale", loc, scale)
         self.levels = check_int("levels", levels, minimum=2)
         self.low = check_float("low", low)
         self.high = check_float("high", high)
