@@ -43,7 +43,9 @@ from vaelib import distributions as vdist
 from vaelib import folding, inference_gap, objectives, toy
 from vaelib.data import Digits
 
-import vaelib.diffusion  # noqa: E402,F401  (walked with the modules of vaelib.__all__: EXTRA_MODULES)
+import vaelib.checks  # noqa: E402,F401  (walked with the modules of vaelib.__all__: EXTRA_MODULES)
+import vaelib.diffusion  # noqa: E402,F401
+import vaelib.exercises  # noqa: E402,F401
 
 # --- good arguments, built once ---------------------------------------------------------------------
 
@@ -1253,7 +1255,49 @@ _table("model.GreyLevelDecoder", GreyLevelDecoder, good, "levels", [*bad_counts(
 
 
 # Public callables with no bad inputs to try, and why.
+# vaelib.checks: the book's one-line self-checks; vaelib.exercises: the self-checking exercises.
+from vaelib import checks as vchecks  # noqa: E402
+from vaelib import exercises as vex  # noqa: E402
+
+_table("checks.holds", vchecks.holds, {"name": "c", "value": 1.0, "below": 2.0}, "value", [
+    ("several numbers", torch.ones(3), ValueError), ("string number", "1", TypeError),
+    ("None number", None, TypeError), ("bool count", True, TypeError)])
+_table("checks.holds", vchecks.holds, {"name": "c", "value": 1.0}, "below", [
+    ("NaN number", math.nan, ValueError), ("string number", "1", TypeError)])
+_table("checks.holds", vchecks.holds, {"name": "c", "value": 1.0, "below": 2.0}, "name", [
+    ("not a string", 3, ValueError), ("empty path", "", ValueError)])
+_add("checks.holds", "bound", "unknown option", ValueError, lambda: vchecks.holds("c", 1.0))
+_table("checks.close", vchecks.close, {"name": "c", "actual": 1.0, "expected": 1.0}, "atol", [
+    ("NaN number", math.nan, ValueError), ("negative number", -1.0, ValueError),
+    ("inf number", math.inf, ValueError), ("string number", "1", TypeError)])
+_table("checks.close", vchecks.close, {"name": "c", "expected": 1.0, "atol": 1.0}, "actual", [
+    ("string number", "1", TypeError), ("empty batch", torch.ones(0), ValueError),
+    ("list", [1.0], TypeError)])
+_add("checks.close", "actual", "shapes that do not broadcast", ValueError,
+     lambda: vchecks.close("c", torch.ones(2), torch.ones(3), atol=1.0))
+_add("checks.record", "value", "unknown option", ValueError, lambda: vchecks.record("c"))
+_add("checks.record", "value", "several numbers", ValueError, lambda: vchecks.record("c", a=torch.ones(2)))
+_add("checks.record", "prefix", "not a string", ValueError, lambda: vchecks.record(3, a=1.0))
+_add("exercises.check", "exercise", "unknown option", ValueError, lambda: vex.check("no-such-exercise", 1.0))
+_add("exercises.check", "exercise", "not a string", ValueError, lambda: vex.check(3, 1.0))
+_add("exercises.describe", "exercise", "unknown option", ValueError, lambda: vex.describe("no-such-exercise"))
+_add("exercises.register", "Exercise", "not a string", TypeError, lambda: vex.register("x"))
+_add("exercises.register", "registered", "unknown option", ValueError,
+     lambda: vex.register(vex._checker._REGISTRY[vex.names()[0]]))
+_EX = {"name": "e", "title": "t", "answer": "a", "kind": "number", "cases": lambda: []}
+_table("exercises.Exercise", vex.Exercise, _EX, "kind", [("unknown option", "essay", ValueError)])
+_table("exercises.Exercise", vex.Exercise, _EX, "name", [("not a string", 3, ValueError),
+                                                        ("empty path", "", ValueError)])
+_table("exercises.Exercise", vex.Exercise, _EX, "cases", [("not callable", [], TypeError)])
+_table("exercises.Exercise", vex.Exercise, _EX, "atol", [("NaN number", math.nan, TypeError),
+                                                        ("negative number", -1.0, ValueError)])
+
+
 EXEMPT = {
+    "checks.CheckFailed": "the exception a failed self-check raises",
+    "exercises.Case": "a hidden case of an exercise: a record the chapters' exercise modules fill in",
+    "exercises.Verdict": "result container (a dataclass) built by exercises.check()",
+    "exercises.names": "takes no arguments",
     "evaluate.Report": "result container (a dataclass) built by report()",
     "inference_gap.GapReport": "result container (a dataclass) built by gap_decomposition()",
     "priors.Surgery": "result container (a dataclass) built by elbo_surgery()",
@@ -1305,7 +1349,7 @@ EXEMPT = {
 #: Modules walked as if they were named in ``vaelib.__all__`` (``vaelib.diffusion`` is imported by name, not by
 #: ``import vaelib``), and public classes of modules not walked whole (``vaelib.model``'s built-in MLP parts are
 #: covered through ``VAE``).
-EXTRA_MODULES = ("diffusion",)
+EXTRA_MODULES = ("diffusion", "checks", "exercises")
 EXTRA_CALLABLES = {"model": ("GreyLevelDecoder",)}
 
 
@@ -1430,7 +1474,7 @@ _BROAD = {  # class of bad input -> the kinds of the table it holds
         "float32 for a float64 model", "float32 data for a float64 model", "dtype unlike W's",
         "float64 for a float32 model", "dtype unlike loc's"},
     "NaN or inf": {"NaN", "inf", "NaN number", "inf number", "NaN mean"},
-    "wrong rank or shape": {"wrong rank", "wrong size", "scalar", "shapes that do not broadcast",
+    "wrong rank or shape": {"wrong rank", "wrong size", "scalar", "shapes that do not broadcast", "several numbers",
                             "shapes that broadcast too far",
                             "one latent dimension", "several data points", "wrong output shape", "wrong event shape",
                             "one row too few", "batches of the wrong size"},

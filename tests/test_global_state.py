@@ -859,8 +859,52 @@ bad("model.GreyLevelDecoder.forward", "wrong size",
     lambda: (lambda d=forked(lambda: GreyLevelDecoder(Z_DIM, (4,), X_DIM))(): d(MU[:, :1])))
 
 
+# vaelib.checks (the chapters' one-line self-checks) and vaelib.exercises: every exercise is checked with the
+# book's own solution (its hidden cases are drawn from their own generators, never the global one), and with
+# an answer that raises part-way through the cases.
+from vaelib import checks as vchecks  # noqa: E402
+from vaelib import exercises as vex  # noqa: E402
+from exercise_solutions import ROOT as _ROOT, self_checking_exercises, solution_namespace  # noqa: E402
+
+ok("checks.holds", "holds", fixed(lambda: vchecks.holds("c", 1e-13, below=1e-12)))
+bad("checks.holds", "fails", fixed(lambda: vchecks.holds("c", 1.0, below=0.5)))
+ok("checks.close", "close", fixed(lambda: vchecks.close("c", MU, MU + 1e-9, atol=1e-6)))
+bad("checks.close", "fails", fixed(lambda: vchecks.close("c", MU, MU + 1, atol=1e-6)))
+ok("checks.record", "a number and a figure", fixed(lambda: vchecks.record("c", a=MU[0, 0], fig=plt.figure())))
+bad("checks.record", "no value", fixed(lambda: vchecks.record("c")))
+ok("checks.CheckFailed", "constructed", fixed(lambda: vchecks.CheckFailed("c: 1 is not below 0.5")))
+for _chapter in sorted((_ROOT / "book").glob("ch*_*.md")):
+    for _label, _name, _answer in self_checking_exercises(_chapter):
+        ok("exercises.check", f"the book's solution of {_name}",
+           lambda c=_chapter, lab=_label, n=_name, a=_answer: (
+               lambda f=solution_namespace(c, lab)[a]: vex.check(n, f)))
+ok("exercises.check", "an answer that raises", fixed(lambda: vex.check(vex.names()[0], lambda *a: 1 / 0)))
+bad("exercises.check", "unknown exercise", fixed(lambda: vex.check("no-such-exercise", 1.0)))
+ok("exercises.describe", "each", fixed(lambda: [vex.describe(n) for n in vex.names()]))
+bad("exercises.describe", "unknown exercise", fixed(lambda: vex.describe("no-such-exercise")))
+ok("exercises.names", "all", fixed(vex.names))
+
+
+def _register_and_remove():
+    ex = vex.register(vex.Exercise("global-state-test", "t", "a number", "number",
+                                   lambda: [vex.Case("one", (), 1.0)]))
+    vex._checker._REGISTRY.pop(ex.name)
+
+
+ok("exercises.register", "new", fixed(_register_and_remove))
+bad("exercises.register", "twice", fixed(lambda: vex.register(vex._checker._REGISTRY[vex.names()[0]])))
+ok("exercises.Exercise", "valid", fixed(lambda: vex.Exercise("e", "t", "a", "number", lambda: [])))
+bad("exercises.Exercise", "unknown kind", fixed(lambda: vex.Exercise("e", "t", "a", "essay", lambda: [])))
+ok("exercises.Case", "valid", fixed(lambda: vex.Case("one", (MU,), MU)))
+ok("exercises.Verdict", "valid", fixed(lambda: vex.Verdict(True, True, "correct")))
+
+
 #: Public callables with no call that raises here, and why.
 NO_RAISING_CALL = {
+    "checks.CheckFailed": "an exception class: any message is accepted",
+    "exercises.names": "no argument",
+    "exercises.Case": "a record: any fields are accepted (the checker reads them)",
+    "exercises.Verdict": "a record built by check()",
     "priors.MixturePrior.forward": "takes no input (the context is ignored)",
     "hierarchy.TwoLevelPrior.forward": "takes no input (the context is ignored)",
     "VAE.extra_repr": "no argument",

@@ -3,7 +3,7 @@
 * Chapter 1, proposition prop-relvar-gaussian (eq-relvar-gaussian): the relative variance of the
   prior-as-proposal importance weights for a Gaussian prior N(0, I) and Gaussian posterior N(m, Sigma),
   against eq-mc-relvar (a formula in the likelihood), quadrature and Monte Carlo.
-* Chapter 1, the Poisson-summation footnote: for a correlated posterior the trapezoid rule's error is
+* Chapter 1, the Poisson-summation paragraph (in the quadrature tolerance box): for a correlated posterior the trapezoid rule's error is
   set by the diagonal dual-lattice vectors (e_i - e_j)/h, not by the axis vectors.
 * The chapters' Markdown: no line inside inline math starts like a list item, and every footnote
   reference has a definition.
@@ -96,7 +96,7 @@ def test_relvar_against_monte_carlo_from_the_posterior(seed: int) -> None:
 
 
 def test_trapezoid_error_of_a_correlated_posterior_comes_from_diagonal_lattice_vectors() -> None:
-    """Footnote poisson of chapter 1. Posterior covariance 0.5 [[1, 0.9], [0.9, 1]], centred on a grid node:
+    """The Poisson-summation paragraph of chapter 1 (quadrature tolerance box). Posterior covariance 0.5 [[1, 0.9], [0.9, 1]], centred on a grid node:
     every Poisson term has phase 0, so the relative error of the library's quadrature is the sum of
     exp(-2 pi^2 k^T Sigma k / h^2) over k != 0. The k = +-(e_1 - e_2) terms carry it; the axis terms the
     chapter's main formula keeps are 20 orders of magnitude smaller."""

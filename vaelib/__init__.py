@@ -31,6 +31,8 @@ module                         what it holds                                    
 :mod:`vaelib.checkpoint`       safe save/load                                                          6
 :mod:`vaelib.plot`             image grids, latent scatter, manifold                                   4, 6
 :mod:`vaelib.explorer`         live figures: the latent explorer, the in-page diffusion sampler        6, 12
+:mod:`vaelib.checks`           the chapters' self-checks, one line each (assert and record)            all
+:mod:`vaelib.exercises`        exercises that check themselves (``check(name, answer)``)               all
 =============================  ======================================================================  ========
 """
 
