@@ -7,7 +7,8 @@
 #   make venv    create/update .venv (only reinstalls when requirements.txt or pyproject.toml change)
 #   make clean   remove the build and test caches (keeps .venv); `make distclean` also removes .venv
 #   make lab     open the chapters in JupyterLab (127.0.0.1; a double-click opens a chapter as a
-#                notebook); installs requirements-lab.txt into .venv on first use (`make lab-install`)
+#                notebook, rendered as MyST like the book; opening never modifies it); installs
+#                requirements-lab.txt into .venv on first use (`make lab-install`)
 #
 # Every target uses the tools of .venv; nothing needs activating.
 
@@ -152,11 +153,21 @@ distclean: clean
 	rm -rf $(VENV)
 
 # ---- JupyterLab for learners: `make lab` ------------------------------------------------------
+# A chapter opens as a notebook that reads like the book: jupyterlab-myst (requirements-lab.txt)
+# renders its Markdown cells as MyST (math with the book's macros, admonitions, theorems and proofs,
+# exercises with collapsed solutions, numbered equations and in-chapter references, numbered as in
+# the book). Each chapter's first cell, hidden in the book, holds the macros and the chapter's number
+# (checked against _config.yml and _toc.yml by tests/test_lab_macros.py). Lab cannot resolve
+# references to other chapters, citations or glued values ({glue:text} shows its key): the book does.
+# Opening is not editing: JupyterLab's autosave writes an unchanged chapter back byte for byte (each
+# chapter's header as Jupytext writes it, book/jupytext.toml), so only a learner's own edits change
+# a file (tests/test_lab.py saves every page through the server and compares).
 # All of its settings live in jupyter-config/ (JUPYTER_CONFIG_DIR), never in ~/.jupyter:
 #   jupyter-config/jupyter_server_config.json    bind 127.0.0.1; Jupytext's contents manager, so
 #                                                book/*.md chapters are notebooks to the server
 #   jupyter-config/labconfig/default_setting_overrides.json
-#                                                default viewer of .md files: "Jupytext Notebook"
+#                                                default viewer of .md files: "Jupytext Notebook";
+#                                                no news pop-up (it would fetch from a website)
 # What JupyterLab writes (your own settings, workspaces) goes to jupyter-config/lab/ (git-ignored).
 # The server's root is book/, so kernels start there, as in the build and the tests.
 # Extra server options: make lab LAB_ARGS="--port=8899 --no-browser"

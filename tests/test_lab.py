@@ -16,14 +16,27 @@ folder, and then talks to it over its REST and websocket API, as the browser wou
 * a kernel started through ``/api/sessions`` and driven over ``/api/kernels/<id>/channels`` runs the
   first code cell of the first chapter without error, with ``book/`` as working directory and the
   project's ``.venv`` as its Python;
-* nothing is written to ``~/.jupyter``: every setting lives in the project's ``jupyter-config/``.
+* nothing is written to ``~/.jupyter``: every setting lives in the project's ``jupyter-config/``;
+* the chapters render as in the book: jupyterlab-myst (MyST in Markdown cells) is loaded, and the
+  news pop-up (a request to a website) is off;
+* opening is not editing: JupyterLab saves an open notebook (autosave) even when the learner changed
+  nothing, by a PUT of the model it got from a GET. For every page of ``_toc.yml`` that opens as a
+  notebook, such a save, of the model as read and of the model as JupyterLab holds it once a kernel
+  has started (kernelspec from the kernel, ``language_info`` added), leaves the file byte for byte as
+  it was (each chapter's header as JupyterLab and Jupytext write it, with a ``notebook_metadata_filter``
+  that keeps the Jupytext version out, and ``book/jupytext.toml``);
+* ``book/jupytext.toml`` does not change what ``jupytext --to ipynb`` writes for a chapter (the notebook
+  downloads use ``jupytext.read``/``jupytext.writes``, which read no configuration file).
 """
 
 from __future__ import annotations
 
+import copy
 import datetime
+import difflib
 import json
 import os
+import platform
 import secrets
 import shutil
 import signal
@@ -38,7 +51,7 @@ from pathlib import Path
 import jupytext
 import pytest
 
-from book_toc import myst_notebooks
+from book_toc import myst_notebooks, toc_docnames
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
@@ -54,6 +67,9 @@ def chapter_notebooks() -> list[Path]:
 
 
 CHAPTERS = chapter_notebooks()
+# Every page of _toc.yml with a .md source: the chapters and the plain-Markdown appendices, which
+# JupyterLab opens as notebooks too (one Markdown cell per block).
+PAGES = [ROOT / f"{name}.md" for name in toc_docnames() if (ROOT / f"{name}.md").is_file()]
 
 
 def _free_port() -> int:
@@ -251,6 +267,91 @@ def test_kernel_runs_first_cell(lab):
     finally:
         ws.close()
         lab.request("DELETE", f"/api/sessions/{session['id']}")
+
+
+def test_chapters_render_as_myst(lab):
+    """jupyterlab-myst (requirements-lab.txt) renders the chapters' Markdown cells: admonitions,
+    theorems and proofs, exercises with collapsed solutions, numbered equations, and the book's macros
+    from each chapter's first cell (tests/test_lab_macros.py). The news pop-up, which would ask to
+    fetch from a website and cover the page, is off (jupyter-config/labconfig)."""
+    page = lab.get("/lab")
+    start = page.index('id="jupyter-config-data"')
+    config = json.loads(page[page.index(">", start) + 1 : page.index("</script>", start)])
+    extensions = {ext["name"] for ext in config.get("federated_extensions", [])}
+    assert "jupyterlab-myst" in extensions, f"jupyterlab-myst is not loaded: {sorted(extensions)}"
+    disabled = config.get("disabledExtensions") or []
+    assert not any(name.startswith("jupyterlab-myst") for name in disabled), disabled
+    settings = lab.get("/lab/api/settings/@jupyterlab/apputils-extension:notification")
+    properties = settings["schema"]["properties"]
+    assert properties["fetchNews"]["default"] == "false", properties["fetchNews"]
+    assert properties["checkForUpdates"]["default"] is False, properties["checkForUpdates"]
+
+
+def _kernel_started_metadata(lab) -> dict:
+    """The notebook metadata JupyterLab sets once a chapter's kernel has started: the kernelspec from
+    the kernel's spec, and the kernel's language_info (as ipykernel reports it)."""
+    specs = lab.get("/api/kernelspecs")["kernelspecs"]
+    spec = specs["python3"]["spec"]
+    return {
+        "kernelspec": {"name": "python3", "display_name": spec["display_name"], "language": spec["language"]},
+        "language_info": {
+            "codemirror_mode": {"name": "ipython", "version": 3},
+            "file_extension": ".py",
+            "mimetype": "text/x-python",
+            "name": "python",
+            "nbconvert_exporter": "python",
+            "pygments_lexer": "ipython3",
+            "version": platform.python_version(),
+        },
+    }
+
+
+def _diff(before: bytes, after: bytes, name: str) -> str:
+    lines = difflib.unified_diff(before.decode().splitlines(True), after.decode().splitlines(True),
+                                 f"{name} (before)", f"{name} (after the save)", n=1)
+    return "".join(list(lines)[:40])
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])
+def test_saving_an_unchanged_page_keeps_its_bytes(lab, page):
+    """Opening is not editing: JupyterLab saves an open notebook every 2 minutes (autosave) even when
+    the learner changed nothing, as a PUT of the model a GET gave. Both saves, of the model as read
+    and of the model with the metadata a started kernel adds, leave the file byte for byte as it was."""
+    before = page.read_bytes()
+    try:
+        model = lab.get(f"/api/contents/{page.name}?type=notebook&content=1")
+        assert model["type"] == "notebook", model["type"]
+        started = copy.deepcopy(model["content"])
+        started["metadata"].update(_kernel_started_metadata(lab))
+        for what, content in (("as read", model["content"]), ("with a started kernel's metadata", started)):
+            status, _ = lab.request("PUT", f"/api/contents/{page.name}",
+                                    {"type": "notebook", "format": "json", "content": content})
+            assert status in (200, 201), status
+            after = page.read_bytes()
+            assert after == before, (
+                f"saving {page.name} {what} changed the file. A page must be in the form Jupytext writes "
+                f"(e.g. a blank line after a code cell's :tags: line), and a chapter's header as "
+                f"JupyterLab and Jupytext write it (its notebook_metadata_filter, the kernelspec as "
+                f"JupyterLab sets it); see also book/jupytext.toml:\n{_diff(before, after, page.name)}")
+    finally:
+        if page.read_bytes() != before:
+            page.write_bytes(before)  # the save rewrote the page: put the original back
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=[c.stem for c in CHAPTERS])
+def test_jupytext_config_leaves_ipynb_alone(chapter):
+    """`jupytext --to ipynb` (which reads book/jupytext.toml) writes the notebook that
+    jupytext.read/jupytext.writes (the notebook downloads, no configuration file) write."""
+    jupytext_cli = VENV / "bin" / "jupytext"
+    out = subprocess.run([str(jupytext_cli), "--to", "ipynb", "--output", "-", str(chapter)],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    want = json.loads(jupytext.writes(jupytext.read(str(chapter)), fmt="ipynb"))
+    got = json.loads(out.stdout)
+    for nb in (got, want):  # cell ids are random in both
+        for cell in nb["cells"]:
+            cell.pop("id", None)
+    assert got == want
 
 
 def test_nothing_written_to_home_jupyter(lab):
