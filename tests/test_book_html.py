@@ -527,6 +527,26 @@ def test_every_figure_rendered_as_an_image(html_dir):
     assert not offenders, "figures shown as text (their PNG failed to render):\n" + "\n".join(offenders)
 
 
+
+_RUN_TIME = re.compile(
+    r'<p class="chapter-run-time"><strong>Run time: </strong>about (\d+ min(?: \d+ s)?|\d+ s), measured when this '
+    r'page was built \(on \d+ CPU cores?\)\.</p>')
+
+
+def test_every_chapter_says_its_measured_run_time(html_dir):
+    """Each chapter's opening box ("Learning goals") ends with the run time myst-nb measured
+    (_ext/run_time.py); it is not typed in the source."""
+    chapters = [d for d in PAGES if re.search(r"(^|/)ch\d+_", d)]
+    assert len(chapters) >= 12, chapters
+    for docname in chapters:
+        page = (html_dir / f"{docname}.html").read_text(encoding="utf-8")
+        found = _RUN_TIME.findall(page)
+        assert len(found) == 1, f"{docname}: expected one measured run time, found {found}"
+        goals = page.index("Learning goals")
+        assert goals < page.index('class="chapter-run-time"'), f"{docname}: run time outside the goals box"
+        source = (ROOT / f"{docname}.md").read_text(encoding="utf-8")
+        assert "Run time:" not in source, f"{docname}: the run time is typed in the source"
+
 # ---------------------------------------------------------------------------------------------
 # The live latent explorer of chapter 6 (_static/latent_explorer.js, vaelib/explorer.py)
 # ---------------------------------------------------------------------------------------------
