@@ -119,7 +119,7 @@ def inline_markdown(node: nodes.Node) -> str:
 
 
 def chapter_name(app: Sphinx, docname: str, book: str) -> str:
-    """ "The ELBO Book, chapter 3: The Evidence Lower Bound"; "The ELBO Book, preface" for the root
+    """ "The ELBO Book, chapter 3: The evidence lower bound"; "The ELBO Book, preface" for the root
     page; "The ELBO Book: Performance" for another unnumbered page."""
     env = app.env
     title = env.titles[docname].astext() if docname in env.titles else docname

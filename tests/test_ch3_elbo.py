@@ -1,4 +1,4 @@
-"""The checks of chapter 3 (The Evidence Lower Bound), generalised over seeds, dimensions and models.
+"""The checks of chapter 3 (The evidence lower bound), generalised over seeds, dimensions and models.
 
 * the ELBO identity log p(x) = KL(q || p(z|x)) + ELBO to float64 precision, for arbitrary Gaussian q;
 * the bound ELBO <= log p(x), and the Monte Carlo ELBO agreeing with the exact one;

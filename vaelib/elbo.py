@@ -1,4 +1,4 @@
-r"""The Evidence Lower Bound, the objective a VAE maximises.
+r"""The evidence lower bound, the objective a VAE maximises.
 
 .. math:: \mathcal{L}(\phi, \theta; x) = \mathbb{E}_{q_\phi(z|x)}[\log p_\theta(x|z)]
           - D_{\mathrm{KL}}(q_\phi(z|x) \,\|\, p(z))
