@@ -5,6 +5,8 @@
 #                a strict build of every page from those results, and checks of the built pages
 #                (headless browser, downloads, header); any failure exits non-zero
 #   make venv    create/update .venv (only reinstalls when requirements.txt or pyproject.toml change)
+#   make system-deps  the Debian packages make test needs (Chromium): installed with apt-get when it
+#                can (root, or sudo without a password); otherwise it prints the command
 #   make clean   remove the build and test caches (keeps .venv); `make distclean` also removes .venv
 #   make lab     open the chapters in JupyterLab (127.0.0.1; a double-click opens a chapter as a
 #                notebook, rendered as MyST like the book; opening never modifies it); installs
@@ -98,9 +100,7 @@ book: venv cache-check
 
 ## test: the four stages, in order; the first failure stops it with a non-zero exit status. Each
 ## chapter is executed once (test-chapters); the strict build reads them all from that run's cache.
-test: venv
-	@command -v "$${CHROMIUM:-chromium}" >/dev/null || { \
-	  echo "make test needs Chromium for its last stage: apt-get install -y chromium" >&2; exit 1; }
+test: venv system-deps
 	@start=$$(date +%s); times=""; \
 	for stage in test-unit test-chapters test-build test-browser; do \
 	  echo; echo "==== $$stage ($$(date +%T))"; t0=$$(date +%s); \
@@ -109,9 +109,28 @@ test: venv
 	done; \
 	echo; echo "==== make test passed in $$(( $$(date +%s) - start )) s:$${times%,}"
 
+## system-deps: the Debian packages `make test` needs beyond Python: Chromium for the browser check.
+## When one is missing it installs them with apt-get (as root, or with sudo when sudo needs no
+## password); otherwise it stops and prints the one command that does. SYSTEM_DEBS lists the packages,
+## SYSTEM_CMDS the commands that show they are there.
+SYSTEM_DEBS ?= chromium
+SYSTEM_CMDS ?= $${CHROMIUM:-chromium}
+.PHONY: system-deps
+system-deps:
+	@missing=""; for cmd in $(SYSTEM_CMDS); do command -v "$$cmd" >/dev/null || missing="$$missing $$cmd"; done; \
+	if [ -n "$$missing" ]; then \
+	  install="apt-get install -y --no-install-recommends $(SYSTEM_DEBS)"; \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then sudo=""; \
+	  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null && command -v apt-get >/dev/null; then sudo="sudo "; \
+	  else echo "make test needs$$missing: install them with" >&2; \
+	       echo "  sudo apt-get update && sudo $$install" >&2; exit 1; fi; \
+	  echo "Installing$$missing for make test: $$sudo$$install"; \
+	  export DEBIAN_FRONTEND=noninteractive; $${sudo}apt-get update -q && $${sudo}$$install; \
+	fi
+
 # The tests that read the built book (BOOK_TESTS) run in test-browser, after the build. tests/test_lab.py
 # starts `make lab`'s server, so the unit stage installs the pinned JupyterLab first (once).
-BOOK_TESTS := tests/test_book_html.py tests/test_notebook_downloads.py tests/test_page_header.py
+BOOK_TESTS := tests/test_book_html.py tests/test_notebook_downloads.py tests/test_page_header.py tests/test_phone.py
 
 test-unit: venv lab-install
 	@rc=0; $(BIN)/python -m pytest tests $(addprefix --ignore=,$(BOOK_TESTS)) || rc=$$?; \
@@ -193,3 +212,49 @@ $(LAB_INSTALLED): requirements-lab.txt | $(INSTALLED)
 ## printed); Ctrl+C stops it.
 lab: $(LAB_INSTALLED)
 	$(LAB_ENV) $(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR)/book $(LAB_ROOT_FLAG) $(LAB_ARGS)
+
+# ---- The whole book as one PDF: `make pdf` -------------------------------------------------------
+# Jupyter Book's LaTeX builder (--builder pdflatex: Sphinx writes $(LATEX_DIR)/$(PDF_NAME).tex, then
+# latexmk runs XeLaTeX on it), as strict as the HTML build ($(JB_FLAGS)); a LaTeX error fails it too.
+# It shares $(BUILD)'s execution cache and Sphinx environment with `make book` (cache-check clears both
+# when vaelib or the pins changed): after `make book` it executes no chapter and reads no page again;
+# on an empty $(BUILD) it executes every chapter first, as `make book` would. The PDF is copied to
+# $(HTML)/$(PDF_NAME).pdf, where every page's download menu ("Book (.pdf)") and the preface link it.
+# Its settings: `latex:` and sphinx.config's latex_* keys in _config.yml, and _ext/latex_macros.py
+# (the MathJax macros for LaTeX, the pages' numbering, proofs, the pages it leaves out). TeX comes
+# from the Debian packages of TEX_PACKAGES (about 0.7 GB; not texlive-fonts-extra).
+PDF_NAME := elbo-book
+LATEX_DIR := $(BUILD)/latex
+PDF := $(LATEX_DIR)/$(PDF_NAME).pdf
+TEX_PACKAGES := texlive-xetex texlive-latex-extra texlive-latex-recommended texlive-fonts-recommended \
+                latexmk fonts-freefont-otf poppler-utils
+# XeLaTeX (run by latexmk through the Makefile Sphinx writes) stops at the first error instead of
+# waiting for input on the terminal, and names the .tex line.
+PDF_ENV := LATEXOPTS="-interaction=nonstopmode -halt-on-error -file-line-error"
+
+.PHONY: pdf test-pdf tex-check
+
+## tex-check: stop with the one command that installs what `make pdf` needs, if anything is missing.
+tex-check:
+	@missing=""; \
+	for tool in xelatex latexmk pdfinfo; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	[ -n "$$(fc-list FreeSerif 2>/dev/null)" ] || missing="$$missing fonts-freefont-otf"; \
+	if [ -n "$$missing" ]; then \
+	  echo "make pdf needs TeX Live (missing:$$missing): sudo apt-get install -y --no-install-recommends $(TEX_PACKAGES)" >&2; \
+	  exit 1; \
+	fi
+
+## pdf: the whole book as one PDF -> $(PDF), copied to $(HTML)/$(PDF_NAME).pdf.
+pdf: venv cache-check tex-check
+	rm -f $(PDF)
+	$(BOOK_ENV) $(PDF_ENV) $(BIN)/jupyter-book build . --builder pdflatex $(JB_FLAGS)
+	@test -s $(PDF) || { echo "make pdf: the build wrote no $(PDF)" >&2; exit 1; }
+	@mkdir -p $(HTML)
+	cp $(PDF) $(HTML)/$(PDF_NAME).pdf
+	@echo; echo "The PDF is built: $(CURDIR)/$(PDF) ($$(pdfinfo $(PDF) | awk '/^Pages:/ {print $$2}') pages)."
+
+## test-pdf: build the PDF, then read it back (tests/test_pdf.py): every page of _toc.yml by its title,
+## "Theorem 3.1" and equation numbers, every solution, no figure printed as text, no "??", > 100 pages.
+## Optional: not a stage of `make test`.
+test-pdf: pdf
+	BOOK_PDF=$(PDF) $(BIN)/python -m pytest tests/test_pdf.py
