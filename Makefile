@@ -244,11 +244,16 @@ tex-check:
 	  exit 1; \
 	fi
 
-## pdf: the whole book as one PDF -> $(PDF), copied to $(HTML)/$(PDF_NAME).pdf.
+## pdf: the whole book as one PDF -> $(PDF), copied to $(HTML)/$(PDF_NAME).pdf. LaTeX's own files
+## (.aux, .toc, .out) are kept between runs, so that one XeLaTeX pass usually suffices, unless the
+## last run did not finish ($(PDF_OK) missing): an interrupted pass can leave them cut short.
+PDF_OK := $(LATEX_DIR)/.pdf-ok
 pdf: venv cache-check tex-check
-	rm -f $(PDF)
+	@if [ ! -f $(PDF_OK) ]; then rm -f $(LATEX_DIR)/$(PDF_NAME).{aux,toc,out,fdb_latexmk,fls}; fi
+	rm -f $(PDF) $(PDF_OK)
 	$(BOOK_ENV) $(PDF_ENV) $(BIN)/jupyter-book build . --builder pdflatex $(JB_FLAGS)
 	@test -s $(PDF) || { echo "make pdf: the build wrote no $(PDF)" >&2; exit 1; }
+	@touch $(PDF_OK)
 	@mkdir -p $(HTML)
 	cp $(PDF) $(HTML)/$(PDF_NAME).pdf
 	@echo; echo "The PDF is built: $(CURDIR)/$(PDF) ($$(pdfinfo $(PDF) | awk '/^Pages:/ {print $$2}') pages)."

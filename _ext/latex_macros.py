@@ -30,7 +30,8 @@ chapter prints "Exercise 1.3" with a link, where sphinx-exercise alone prints "E
 running heads), not as untitled pages after the contents; the unnumbered parts of ``_toc.yml`` after
 the numbered one (the appendices) are lettered, Appendix A, B, ...; the pages listed in the new
 setting ``latex_leave_out`` (the API reference) are left out, and links to them become plain text;
-the list of works follows the bibliography page's own text, not in a chapter of its own after it.
+the list of works follows the bibliography page's own text, not in a chapter of its own after it; a
+table with given column widths breaks across pages instead of running past the foot of one.
 
 **Proofs, solutions, live figures.** A proof prints as a proof ("*Proof.* ... □"), not as an
 admonition box with an empty title bar; a solution's title keeps its space ("Solution to Exercise
@@ -351,6 +352,28 @@ class LatexSolutionTitles(SphinxPostTransform):
                     title.replace(before, nodes.Text(before + " "))
 
 
+class LatexLongTables(SphinxPostTransform):
+    """A table whose columns have given widths may break across pages (LaTeX's longtable).
+
+    Sphinx makes a table a longtable only from 31 rows on; a shorter one is a ``tabular``, which
+    cannot break, so that a table of a dozen rows of prose (the Reproducing appendix) ran past the
+    foot of its page. A table with given widths keeps its columns (``\\X``) as a longtable; one in a
+    box (an admonition, an exercise), where a longtable cannot go, stays as it is."""
+
+    default_priority = 400
+    formats = ("latex",)
+
+    def run(self, **kwargs: Any) -> None:
+        for table in self.document.findall(nodes.table):
+            if "colwidths-given" not in table["classes"] or "longtable" in table["classes"]:
+                continue
+            parent = table.parent
+            while parent is not None and not isinstance(parent, (nodes.Admonition, nodes.Sequential)):
+                parent = parent.parent
+            if parent is None:
+                table["classes"].append("longtable")
+
+
 class LatexBrowserOnlyOutputs(SphinxPostTransform):
     """An output only a browser can show (an HTML fragment with a script, whose text form is
     ``<IPython.core.display.HTML object>``) says where to see it."""
@@ -378,5 +401,6 @@ def setup(app: Sphinx) -> dict:
     app.add_post_transform(LatexProofs)
     app.add_post_transform(LatexExerciseReferences)
     app.add_post_transform(LatexSolutionTitles)
+    app.add_post_transform(LatexLongTables)
     app.add_post_transform(LatexBrowserOnlyOutputs)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
