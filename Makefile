@@ -1,12 +1,14 @@
 # The ELBO Book: build and test.
 #
 #   make book    build the HTML book (incremental, cached execution) -> _build/html/index.html
-#   make test    THE test command: unit tests, every chapter once in a fresh kernel (two at a time),
-#                a strict build of every page from those results, and checks of the built pages
-#                (headless browser, downloads, header); any failure exits non-zero
+#   make test    THE test command: unit tests, every chapter once under nbval in a fresh kernel (two
+#                at a time), a strict build of every page from those results, checks of the built
+#                pages (headless browser, downloads, header, phone layout) and the PDF built and read
+#                back; any failure exits non-zero
 #   make venv    create/update .venv (only reinstalls when requirements.txt or pyproject.toml change)
-#   make system-deps  the Debian packages make test needs (Chromium): installed with apt-get when it
-#                can (root, or sudo without a password); otherwise it prints the command
+#   make system-deps  the Debian packages make test needs (Chromium, TeX Live): installed with
+#                apt-get when it can (root, or sudo without a password); otherwise it prints the command
+#   make pdf     the whole book as one PDF -> _build/latex/elbo-book.pdf (needs TeX Live)
 #   make clean   remove the build and test caches (keeps .venv); `make distclean` also removes .venv
 #   make lab     open the chapters in JupyterLab (127.0.0.1; a double-click opens a chapter as a
 #                notebook, rendered as MyST like the book; opening never modifies it); installs
@@ -40,7 +42,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # ~/.cache/vaelib: it lives under $(BUILD), so `make test` (which starts from an empty $(BUILD)) never
 # reads a training from an earlier run, and `make clean` removes it. Absolute: kernels run in book/.
 BOOK_ENV := VAELIB_CACHE=$(CURDIR)/$(BUILD)/vaelib-cache
-# Chapters executed at a time by `make test-chapters` (tools/run_chapters.py --jobs).
+# Chapters executed at a time by `make test-chapters` (pytest-xdist's -n).
 JOBS ?= 2
 # `make book` skips jupyter-book (whose own start-up takes several seconds even with nothing to do)
 # when nothing it reads has changed since its last successful build: this fingerprint covers every
@@ -54,7 +56,7 @@ FINGERPRINT_CMD := if [ "$$(git rev-parse --show-toplevel 2>/dev/null)" = "$(CUR
     stat -c '%n %Y' $(VENV)/.installed* $(VENV)/lib/*/site-packages 2>&1 || true; \
     echo '$(JB_FLAGS)'; } | sha256sum | cut -c1-64; fi
 
-.PHONY: book test venv clean distclean cache-check test-unit test-chapters test-build test-browser
+.PHONY: book test venv clean distclean cache-check test-unit test-chapters test-build test-browser test-pdf
 
 ## venv: create .venv with $(PYTHON) if missing; (re)install only when the pins change.
 venv: $(INSTALLED)
@@ -98,26 +100,29 @@ book: venv cache-check
 	@echo
 	@echo "The book is built. Open $(CURDIR)/$(HTML)/index.html"
 
-## test: the four stages, in order; the first failure stops it with a non-zero exit status. Each
-## chapter is executed once (test-chapters); the strict build reads them all from that run's cache.
+## test: the five stages, in order; the first failure stops it with a non-zero exit status. Each
+## chapter is executed once (test-chapters); the strict build and the PDF read them all from that
+## run's cache.
 test: venv system-deps
 	@start=$$(date +%s); times=""; \
-	for stage in test-unit test-chapters test-build test-browser; do \
+	for stage in test-unit test-chapters test-build test-browser test-pdf; do \
 	  echo; echo "==== $$stage ($$(date +%T))"; t0=$$(date +%s); \
 	  $(MAKE) --no-print-directory $$stage; \
 	  times="$$times $$stage $$(( $$(date +%s) - t0 )) s,"; \
 	done; \
 	echo; echo "==== make test passed in $$(( $$(date +%s) - start )) s:$${times%,}"
 
-## system-deps: the Debian packages `make test` needs beyond Python: Chromium for the browser check.
-## When one is missing it installs them with apt-get (as root, or with sudo when sudo needs no
-## password); otherwise it stops and prints the one command that does. SYSTEM_DEBS lists the packages,
-## SYSTEM_CMDS the commands that show they are there.
-SYSTEM_DEBS ?= chromium
-SYSTEM_CMDS ?= $${CHROMIUM:-chromium}
+## system-deps: the Debian packages `make test` needs beyond Python: Chromium for the browser check,
+## TeX Live (TEX_PACKAGES, about 0.7 GB) for the PDF. When one is missing it installs them with
+## apt-get (as root, or with sudo when sudo needs no password); otherwise it stops and prints the one
+## command that does. SYSTEM_DEBS lists the packages, SYSTEM_CMDS the commands that show they are
+## there (and the PDF's font, FreeSerif, must be known to fontconfig).
+SYSTEM_DEBS ?= chromium $(TEX_PACKAGES)
+SYSTEM_CMDS ?= $${CHROMIUM:-chromium} xelatex latexmk pdfinfo
 .PHONY: system-deps
 system-deps:
 	@missing=""; for cmd in $(SYSTEM_CMDS); do command -v "$$cmd" >/dev/null || missing="$$missing $$cmd"; done; \
+	[ -n "$$(fc-list FreeSerif 2>/dev/null)" ] || missing="$$missing fonts-freefont-otf"; \
 	if [ -n "$$missing" ]; then \
 	  install="apt-get install -y --no-install-recommends $(SYSTEM_DEBS)"; \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then sudo=""; \
@@ -137,15 +142,17 @@ test-unit: venv lab-install
 	if [ $$rc -eq 5 ]; then echo "make test: no unit tests were collected in tests/" >&2; fi; \
 	exit $$rc
 
-# Every chapter (each page of _toc.yml that is a MyST notebook) top to bottom in a fresh kernel with
-# book/ as working directory, $(JOBS) at a time, from an empty $(BUILD): nothing of an earlier run
-# (execution cache, vaelib.fit_cached's trainings, Sphinx's environment) survives. A failing cell or
-# self-check fails it, naming the chapter file, the code cell and its line. Each chapter that passed
-# is stored in the build's execution cache, as the build would store it. See tools/run_chapters.py.
+# Every chapter (each MyST notebook of book/, the pages the build executes) under nbval: top to bottom
+# in a fresh kernel with book/ as working directory, $(JOBS) at a time (pytest-xdist), from an empty
+# $(BUILD): nothing of an earlier run (execution cache, vaelib.fit_cached's trainings, Sphinx's
+# environment) survives. A failing cell or self-check fails it, naming the chapter file, the code cell
+# and its line. Each chapter whose cells all passed is stored in the build's execution cache, as the
+# build would store it (--book-cache). See conftest.py.
 test-chapters: venv
 	rm -rf $(BUILD)
 	@$(MAKE) --no-print-directory cache-check
-	$(BOOK_ENV) $(BIN)/python tools/run_chapters.py --jobs $(JOBS)
+	$(BOOK_ENV) $(BIN)/python -m pytest book --nbval-lax -n $(JOBS) -p no:cacheprovider \
+	  --book-cache $(CURDIR)/$(BUILD)/.jupyter_cache
 
 # The strict build (-W -n: any warning fails it) of every page: Sphinx's environment and output are
 # removed first, so every page is read and written again, but the execution cache test-chapters just
@@ -158,7 +165,7 @@ test-build: venv
 	@fp="$$($(FINGERPRINT_CMD))"; \
 	echo "$(BOOK_ENV) $(BIN)/jupyter-book build . $(JB_FLAGS)"; \
 	$(BOOK_ENV) $(BIN)/jupyter-book build . $(JB_FLAGS) 2>&1 | tee $(BUILD)/build.log; \
-	$(BIN)/python tools/run_chapters.py --check-build-log $(BUILD)/build.log; \
+	$(BIN)/python tools/check_build_log.py $(BUILD)/build.log; \
 	if [ -n "$$fp" ]; then echo "$$fp" > $(BOOK_FINGERPRINT); fi
 
 test-browser: venv
@@ -260,6 +267,7 @@ pdf: venv cache-check tex-check
 
 ## test-pdf: build the PDF, then read it back (tests/test_pdf.py): every page of _toc.yml by its title,
 ## "Theorem 3.1" and equation numbers, every solution, no figure printed as text, no "??", > 100 pages.
-## Optional: not a stage of `make test`.
+## The last stage of `make test`, after test-build: it reads every chapter from that run's cache and
+## Sphinx's environment, so only LaTeX's own work remains.
 test-pdf: pdf
 	BOOK_PDF=$(PDF) $(BIN)/python -m pytest tests/test_pdf.py

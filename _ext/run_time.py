@@ -1,7 +1,7 @@
 """Sphinx extension: each chapter's opening box says how long the chapter takes to run, as measured.
 
 A chapter opens with a "Learning goals" admonition. For every page that myst-nb executed (or took
-from its execution cache, where ``make test``'s chapter runner stores the time it measured), this adds
+from its execution cache, where ``make test``'s chapter stage stores the time it measured), this adds
 one last line to that box:
 
     Run time: about 15 s, measured when this page was built (on 2 CPU cores).
@@ -9,7 +9,8 @@ one last line to that box:
 The number is myst-nb's own record of the execution (``exec_data["runtime"]``, in seconds), never
 typed by hand, so it changes when the chapter does. A chapter page (``book/chN_*.md``) that was
 executed but has no "Learning goals" box, or whose execution left no time, is a build warning, which
-the strict build turns into an error.
+the strict build turns into an error. The PDF's boxes say the same (the LaTeX builder resolves the
+book as one tree, in which each chapter is found by its ``start_of_file`` node).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def run_time_text(seconds: float) -> str:
     return f"about {minutes} min" + (f" {rest} s" if rest else "")
 
 
-def _goals_box(doctree: nodes.document) -> nodes.Element | None:
+def _goals_box(doctree: nodes.Element) -> nodes.Element | None:
     for node in doctree.findall(nodes.admonition):
         titles = [c for c in node.children if isinstance(c, nodes.title)]
         if titles and titles[0].astext().strip() == GOALS_TITLE:
@@ -46,6 +47,16 @@ def _goals_box(doctree: nodes.document) -> nodes.Element | None:
 
 
 def _add_run_time(app: Sphinx, doctree: nodes.document, docname: str) -> None:
+    """Each page's own doctree (HTML); for the LaTeX builder, which resolves the whole book as one
+    tree, each chapter inlined in it (a ``start_of_file`` node names its page)."""
+    from sphinx import addnodes
+
+    parts = [(node["docname"], node) for node in doctree.findall(addnodes.start_of_file)]
+    for name, tree in parts or [(docname, doctree)]:
+        _add_run_time_to(app, tree, name)
+
+
+def _add_run_time_to(app: Sphinx, doctree: nodes.Element, docname: str) -> None:
     from myst_nb.sphinx_ import NbMetadataCollector
 
     data = NbMetadataCollector.get_exec_data(app.env, docname)

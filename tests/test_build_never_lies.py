@@ -1,16 +1,18 @@
 """The build never lies: what `make test` and `make book` promise, proved on tiny throw-away books.
 
-`make test` executes every chapter once (`make test-chapters`: tools/run_chapters.py, each chapter in a
-fresh kernel with book/ as working directory) and then builds every page strictly from those results
-(`make test-build`: `jupyter-book build -W -n` reading every chapter from the execution cache). These
-tests run the real Makefile targets and tools on books of two or three tiny pages, each in its own
-folder (a copy of the Makefile, the book's configuration and the runner), and check what a user sees:
+`make test` executes every chapter once (`make test-chapters`: `pytest --nbval-lax book -n 2` with the
+collector and cache hook of conftest.py, each chapter in a fresh kernel with book/ as working directory)
+and then builds every page strictly from those results (`make test-build`: `jupyter-book build -W -n`
+reading every chapter from the execution cache, checked by tools/check_build_log.py). These tests run
+the real Makefile targets and tools on books of two to four tiny pages, each in its own folder (a copy
+of the Makefile, the book's configuration, conftest.py and the log check), and check what a user sees:
 exit status, messages, build logs, built pages. They prove that
 
 * a broken cell, or a failing self-check, in any one chapter fails `make test-chapters`, naming the
   chapter file, the code cell and the line of the `.md` where it starts, while the other chapters
   still run (and only they are cached);
-* each chapter runs in a fresh kernel, in book/;
+* each chapter runs once per `make test`, in a fresh kernel, in book/; a chapter that reuses another's
+  training (conftest.CHAINS) runs after it even two at a time;
 * the strict build reads every chapter from the cache the runner filled and executes nothing, and it
   fails when it would have to execute one (a chapter changed after the runner ran);
 * any Sphinx warning fails the strict build (a broken reference; a chapter writing to stderr, whose
@@ -105,14 +107,16 @@ def _tiny_book(tmp_path: Path, page: str) -> Path:
 
 
 def tiny_repo(tmp_path: Path, pages: dict[str, str], *, git: bool = False) -> Path:
-    """A throw-away project: the Makefile, the book's configuration, the runner, a one-module vaelib,
+    """A throw-away project: the Makefile, the book's configuration, conftest.py and the log check, a
+    one-module vaelib,
     and ``pages`` (``{"intro": text, ...}``; the first one is the root page) as book/<name>.md."""
     repo = tmp_path / "repo"
     repo.mkdir()
     _copy_config(repo)
     shutil.copy(ROOT / "Makefile", repo / "Makefile")
     (repo / "tools").mkdir()
-    shutil.copy(ROOT / "tools" / "run_chapters.py", repo / "tools" / "run_chapters.py")
+    shutil.copy(ROOT / "tools" / "check_build_log.py", repo / "tools" / "check_build_log.py")
+    shutil.copy(ROOT / "conftest.py", repo / "conftest.py")
     (repo / "benchmarks").mkdir()
     for name in ("pyproject.toml", "requirements.txt", "requirements-lab.txt", "benchmarks/results.json",
                  "benchmarks/diffusion_digits.json", ".gitignore"):
@@ -173,7 +177,14 @@ def cached_uris(repo: Path) -> set[str]:
     return {Path(r.uri).relative_to(repo).as_posix() for r in get_cache(str(path)).list_cache_records()}
 
 
-# ---- make test-chapters: the runner ---------------------------------------------------------------------
+def summary_line(out: str, rel: str) -> str:
+    """The line of `make test-chapters`' closing table for the chapter ``rel``."""
+    lines = [line for line in out.splitlines() if re.match(rf"{re.escape(rel)}\s+\d+\.\d\s", line)]
+    assert len(lines) == 1, f"no single summary line for {rel}:\n{out[-4000:]}"
+    return lines[0]
+
+
+# ---- make test-chapters: the chapters under nbval ---------------------------------------------------------
 
 @needs_make
 def test_a_failing_cell_fails_the_run_naming_chapter_cell_and_line(tmp_path):
@@ -190,14 +201,20 @@ def test_a_failing_cell_fails_the_run_naming_chapter_cell_and_line(tmp_path):
     out = output(run)
     assert run.returncode != 0, out[-4000:]
     line_a, line_b = fence_line(pages["ch_a"], 1), fence_line(pages["ch_b"], 2)
-    assert (f"FAILED book/ch_a.md, code cell 1 (line {line_a} of the .md): "
-            "NameError: name 'undefined_name' is not defined") in out, out[-4000:]
-    assert (f"FAILED book/ch_b.md, code cell 2 (line {line_b} of the .md): "
-            "AssertionError: self-check failed: x is not 3") in out, out[-4000:]
+    # The failure report of each chapter: file and line, cell, its source, the traceback.
+    assert f"book/ch_a.md:{line_a}: code cell 1 failed" in out, out[-4000:]
+    assert f"book/ch_b.md:{line_b}: code cell 2 failed" in out, out[-4000:]
     assert broken in out and self_check in out, "the report shows each failing cell's source"
-    assert "Traceback" in out
+    assert "Traceback" in out and "NameError" in out
+    # The closing table: one line per chapter.
+    assert summary_line(out, "book/ch_a.md").endswith(
+        f"FAILED at code cell 1 (line {line_a}): NameError: name 'undefined_name' is not defined"), out[-4000:]
+    assert summary_line(out, "book/ch_b.md").endswith(
+        f"FAILED at code cell 2 (line {line_b}): AssertionError: self-check failed: x is not 3"), out[-4000:]
+    # The later cells of a failed chapter are skipped, never run against a broken state.
+    assert "never reached" not in out.replace("print('never reached')", "")
     # The chapter that works still ran, passed and was cached; the failing ones were not cached.
-    assert "book/intro.md passed" in out, out[-4000:]
+    assert summary_line(out, "book/intro.md").endswith("passed, stored in the execution cache"), out[-4000:]
     assert cached_uris(repo) == {"book/intro.md"}
 
 
@@ -216,10 +233,44 @@ def test_a_figure_that_fails_to_draw_fails_the_run(tmp_path):
     run = make(repo, "test-chapters")
     out = output(run)
     assert run.returncode != 0, out[-4000:]
-    assert f"FAILED book/ch_a.md, code cell 1 (line {fence_line(pages['ch_a'], 1)} of the .md)" in out, out[-4000:]
-    assert f"FAILED book/ch_b.md, code cell 1 (line {fence_line(pages['ch_b'], 1)} of the .md)" in out, out[-4000:]
-    assert "failed to draw" in out, out[-4000:]
+    # IPython reports the drawing error on the kernel's output channel, which nbval takes as the cell's
+    # error (the cell itself finished); a figure left as text would fail the cell too (conftest.py).
+    for name in ("ch_a", "ch_b"):
+        line = fence_line(pages[name], 1)
+        assert f"book/{name}.md:{line}: code cell 1 failed" in out, out[-4000:]
+        assert re.search(rf"FAILED at code cell 1 \(line {line}\): (ValueError: .*frac|a matplotlib figure failed)",
+                         summary_line(out, f"book/{name}.md")), out[-4000:]
     assert cached_uris(repo) == {"book/intro.md"}
+
+
+@needs_make
+def test_each_chapter_runs_once_and_a_chain_in_order_two_at_a_time(tmp_path):
+    # Every execution of a chapter appends its name to a log in _build (which test-chapters empties
+    # first). Chapter 7 of the book reuses chapter 6's training (conftest.CHAINS): here "ch7_evaluation"
+    # needs the file "ch6_generative" writes after a pause, and two workers (JOBS=2) would start both
+    # at once if the chain were not kept together.
+    log = "open('../_build/runs.txt', 'a').write({!r} + '\\n')"
+    goals = "```{admonition} Learning goals\nRun in order.\n```"  # a chapter page states its run time there
+    pages = {
+        "intro": chapter("Intro", log.format("intro")),
+        "ch6_generative": chapter("Ch6", log.format("ch6"),
+                                  "import time\ntime.sleep(3)\nopen('../_build/trained', 'w').write('model')",
+                                  text=goals),
+        "ch7_evaluation": chapter("Ch7", log.format("ch7"),
+                                  "import os\nassert os.path.exists('../_build/trained'), 'ch7 ran before ch6 ended'",
+                                  text=goals),
+        "ch_c": chapter("Chapter C", log.format("ch_c")),
+    }
+    repo = tiny_repo(tmp_path, pages)
+    run = make(repo, "test-chapters", JOBS="2")
+    out = output(run)
+    assert run.returncode == 0, out[-4000:]
+    assert cached_uris(repo) == {f"book/{name}.md" for name in pages}
+    run = make(repo, "test-build")
+    assert run.returncode == 0, output(run)[-4000:]
+    runs = (repo / "_build" / "runs.txt").read_text().split()
+    assert sorted(runs) == ["ch6", "ch7", "ch_c", "intro"], f"each chapter once per run, not {runs}"
+    assert runs.index("ch6") < runs.index("ch7")
 
 
 # ---- make test-build: the strict build from the runner's cache ------------------------------------------

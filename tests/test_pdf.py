@@ -7,8 +7,9 @@ numbered caption (a glued figure whose image is missing prints as the text "<Fig
 Axes>"), no "??" (a reference LaTeX could not resolve), and a book's length.
 
 These checks read a built PDF and build nothing: ``make test-pdf`` builds it (``make pdf``) and runs
-them with ``BOOK_PDF=_build/latex/elbo-book.pdf``. Without ``BOOK_PDF`` they are skipped, so that the
-unit stage of ``make test`` never judges a PDF left over from an earlier build. The last tests check
+them with ``BOOK_PDF=_build/latex/elbo-book.pdf`` (the last stage of ``make test``); with ``BOOK_PDF`` set,
+a missing PDF or poppler tool fails them. Without ``BOOK_PDF`` they are skipped, so that the unit stage
+of ``make test`` never judges a PDF left over from an earlier build. The last tests check
 _ext/latex_macros.py's macro definitions and need no PDF (nor TeX).
 """
 
@@ -39,11 +40,13 @@ def _pdf_path() -> Path:
     path = Path(value)
     if not path.is_absolute():
         path = ROOT / path
+    # BOOK_PDF names the PDF to judge (make test-pdf, the last stage of make test): from here on a
+    # missing PDF or tool is a failure, never a skip.
     if not path.is_file():
-        pytest.skip(f"no PDF at {path}: build it with `make pdf`")
+        pytest.fail(f"no PDF at {path} (BOOK_PDF): build it with `make pdf`")
     for tool in ("pdftotext", "pdfinfo"):
         if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed (Debian: apt-get install poppler-utils)")
+            pytest.fail(f"{tool} is not installed (Debian: apt-get install poppler-utils)")
     return path
 
 
@@ -117,6 +120,13 @@ def test_numbered_theorems_and_equations(flat):
 def test_no_figure_printed_as_text(flat):
     found = re.findall(r"<Figure size [^>]*>", flat)
     assert not found, f"{len(found)} figure(s) printed as text instead of an image: {found[:3]}"
+
+
+def test_every_chapter_says_its_run_time(flat):
+    """Each chapter's "Learning goals" box ends with its measured run time (_ext/run_time.py), as in HTML."""
+    chapters = [d for d in toc_docnames() if re.search(r"(^|/)ch\d+_", d)]
+    found = re.findall(r"Run time: about \d+ (?:s|min)", flat)
+    assert len(found) == len(chapters), f"{len(found)} run times for {len(chapters)} chapters"
 
 
 def test_no_unresolved_reference(text):

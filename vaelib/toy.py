@@ -193,7 +193,8 @@ class LinearGaussian:
 
         A :class:`vaelib.VAE` with ``hidden=()`` and ``likelihood="gaussian"`` has the prior
         :math:`\mathcal{N}(0, I)` and the decoder :math:`p_\theta(x|z) = \mathcal{N}(x;\, Wz + b,\, \sigma_x^2 I)`
-        with ``W``, ``b`` its decoder's single linear layer and :math:`\sigma_x^2 = \exp(\text{obs_logvar})`:
+        with ``W``, ``b`` its decoder's single linear layer and :math:`\sigma_x^2` the exponential of its
+        learned log-variance ``obs_logvar``:
         exactly this model (:meth:`vaelib.VAE.linear_gaussian_parameters` reads them off). So its exact :math:`\log p(x)` (:meth:`log_evidence`) and the exact ELBO of
         its encoder's Gaussian :math:`q` (:meth:`elbo`) are known (chapter 3).
 
