@@ -167,8 +167,8 @@ def _log_normal(x: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
 def log_bernoulli(x: Tensor, logits: Tensor) -> Tensor:
     r"""Bernoulli log-probability of binary ``x`` under ``logits``, summed over the last dimension.
 
-    .. math:: \log p(x) = \sum_j \bigl[x_j \log \pi_j + (1-x_j)\log(1-\pi_j)\bigr]
-              = -\sum_j \operatorname{softplus}\bigl((1 - 2x_j)\,\text{logit}_j\bigr),
+    .. math:: \log p(x) &= \sum_j \bigl[x_j \log \pi_j + (1-x_j)\log(1-\pi_j)\bigr] \\
+              &= -\sum_j \operatorname{softplus}\bigl((1 - 2x_j)\,\text{logit}_j\bigr),
               \quad \pi_j = \operatorname{sigmoid}(\text{logit}_j)
 
     Each term :math:`-\operatorname{softplus}(\pm\text{logit})` is computed to a few ulps of itself and

@@ -25,9 +25,9 @@ network serves every schedule with the same end points.
 
 .. math::
 
-    \log p(x) \ge \underbrace{\mathbb{E}_{q}\log p(x \mid z_0)}_{\text{reconstruction}}
-    - \underbrace{\sum_{i=1}^{T} \mathbb{E}_q\, D_\mathrm{KL}\bigl(q(z_{s} \mid z_{t}, x) \,\|\, p(z_{s} \mid z_{t})\bigr)}_{\text{diffusion},\ s = t_{i-1},\ t = t_i}
-    - \underbrace{D_\mathrm{KL}\bigl(q(z_1 \mid x) \,\|\, \mathcal{N}(0, I)\bigr)}_{\text{prior}},
+    \log p(x) \ge{} &\underbrace{\mathbb{E}_{q}\log p(x \mid z_0)}_{\text{reconstruction}} \\
+    &- \underbrace{\sum_{i=1}^{T} \mathbb{E}_q\, D_\mathrm{KL}\bigl(q(z_{s} \mid z_{t}, x) \,\|\, p(z_{s} \mid z_{t})\bigr)}_{\text{diffusion},\ s = t_{i-1},\ t = t_i} \\
+    &- \underbrace{D_\mathrm{KL}\bigl(q(z_1 \mid x) \,\|\, \mathcal{N}(0, I)\bigr)}_{\text{prior}},
 
 where each step's KL is :math:`\tfrac12(\mathrm{SNR}(s) - \mathrm{SNR}(t))\,\|x - \hat x_\theta(z_t; t)\|^2
 = \tfrac12 (e^{\lambda_s - \lambda_t} - 1)\,\|\epsilon - \hat\epsilon_\theta\|^2`, and, as

@@ -279,9 +279,9 @@ def reverse_process_html(
 
     .. math::
 
-        \hat\epsilon = \hat\epsilon_\theta(z_t; \lambda_t),\quad
-        \hat x = (z_t - \sigma_t\hat\epsilon)/\alpha_t,\quad
-        z_s = \frac{\alpha_{t|s}\sigma_s^2}{\sigma_t^2} z_t + \alpha_s(1 - e^{\lambda_t - \lambda_s})\,\hat x
+        &\hat\epsilon = \hat\epsilon_\theta(z_t; \lambda_t),\quad
+        \hat x = (z_t - \sigma_t\hat\epsilon)/\alpha_t, \\
+        &z_s = \frac{\alpha_{t|s}\sigma_s^2}{\sigma_t^2} z_t + \alpha_s(1 - e^{\lambda_t - \lambda_s})\,\hat x
         + \sigma_s\sqrt{1 - e^{\lambda_t - \lambda_s}}\;\epsilon_k,
 
     in float64 with the library's formulas (log-sigmoid and ``expm1``, so no :math:`\lambda` overflows),

@@ -83,8 +83,8 @@ def score_function_grad(
 
     For each draw :math:`z^{(s)} \sim q_\phi = \mathcal{N}(\mu, \operatorname{diag}\sigma^2)`, returns
 
-    .. math:: \hat g^{(s)} = f(z^{(s)})\, \nabla_\phi \log q_\phi(z^{(s)}), \qquad
-              \nabla_\mu \log q = \frac{z-\mu}{\sigma^2}, \quad
+    .. math:: &\hat g^{(s)} = f(z^{(s)})\, \nabla_\phi \log q_\phi(z^{(s)}), \\
+              &\nabla_\mu \log q = \frac{z-\mu}{\sigma^2}, \quad
               \nabla_{\log\sigma^2} \log q = \tfrac12\Bigl(\frac{(z-\mu)^2}{\sigma^2} - 1\Bigr),
 
     the score computed by autograd. Implements eq. ``score-function-estimator`` of chapter 5. ``f`` is

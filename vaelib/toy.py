@@ -340,9 +340,9 @@ class LinearGaussian:
         **Formulation.** With :math:`r = x - b` and the QR factorisation :math:`A = [W; \sigma_x I_d] = QR`
         (up to a column reversal, ``_factor64``),
 
-        .. math:: r^\top C^{-1} r = \min_z \bigl(\|r - Wz\|^2 + \sigma_x^2\|z\|^2\bigr)/\sigma_x^2
-                  = \|e\|^2/\sigma_x^2, \qquad
-                  \log\det C = 2(D - d)\log\sigma_x + 2\sum_i \log R_{ii},
+        .. math:: r^\top C^{-1} r &= \min_z \bigl(\|r - Wz\|^2 + \sigma_x^2\|z\|^2\bigr)/\sigma_x^2
+                  = \|e\|^2/\sigma_x^2, \\
+                  \log\det C &= 2(D - d)\log\sigma_x + 2\sum_i \log R_{ii},
 
         where :math:`e = [r; 0] - A m` is the residual of the ridge least-squares problem, :math:`m` its
         solution (the posterior mean). Every term is a sum of squares or of logarithms of positive numbers:
