@@ -255,10 +255,19 @@ tex-check:
 ## (.aux, .toc, .out) are kept between runs, so that one XeLaTeX pass usually suffices, unless the
 ## last run did not finish ($(PDF_OK) missing): an interrupted pass can leave them cut short.
 PDF_OK := $(LATEX_DIR)/.pdf-ok
+# Sphinx's and XeLaTeX's output (about 12,000 lines) goes here; on a failure its warnings, LaTeX's
+# errors and its last lines are printed.
+PDF_LOG := $(BUILD)/pdf.log
 pdf: venv cache-check tex-check
 	@if [ ! -f $(PDF_OK) ]; then rm -f $(LATEX_DIR)/$(PDF_NAME).{aux,toc,out,fdb_latexmk,fls}; fi
 	rm -f $(PDF) $(PDF_OK)
-	$(BOOK_ENV) $(PDF_ENV) $(BIN)/jupyter-book build . --builder pdflatex $(JB_FLAGS)
+	@mkdir -p $(BUILD)
+	@echo "$(BOOK_ENV) $(PDF_ENV) $(BIN)/jupyter-book build . --builder pdflatex $(JB_FLAGS) > $(PDF_LOG)"
+	@$(BOOK_ENV) $(PDF_ENV) $(BIN)/jupyter-book build . --builder pdflatex $(JB_FLAGS) > $(PDF_LOG) 2>&1 || { \
+	  echo "make pdf failed. Its warnings and LaTeX errors (the whole log: $(PDF_LOG)):" >&2; \
+	  grep -E 'WARNING|ERROR|^! |:[0-9]+: |Emergency stop|Fatal' $(PDF_LOG) | head -n 40 >&2 || true; \
+	  echo "... and the log's last lines:" >&2; tail -n 25 $(PDF_LOG) >&2; exit 1; }
+	@grep -E 'Output written on|build succeeded' $(PDF_LOG) | tail -n 2 || true
 	@test -s $(PDF) || { echo "make pdf: the build wrote no $(PDF)" >&2; exit 1; }
 	@touch $(PDF_OK)
 	@mkdir -p $(HTML)
