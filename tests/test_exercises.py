@@ -1,30 +1,60 @@
 """vaelib.exercises: every chapter has self-checking exercises, and each accepts the book's own solution.
 
-The per-chapter modules (tests/test_exercises_chNN.py) add the plausible wrong answers each check must
-reject. This module checks what holds for all of them:
+The per-chapter modules (tests/test_exercises_chNN.py) list each chapter's exercises (EXERCISES) and the
+plausible wrong answers each check must reject (WRONG). This module checks what holds for all of them:
 
 * every chapter of _toc.yml has at least one code cell ``check("<name>", <answer>)`` after an
   ``{exercise}``; every registered exercise is used by a chapter, and every name a chapter uses exists;
 * the book's solution (the ``{solution}``'s python block, executed in a fresh namespace) passes;
 * the placeholder (``...``) gets "not answered yet", never an error, so the chapter runs to the end;
-* a wrong answer's verdict names a case and never prints the expected values;
+* each chapter module lists exactly its chapter's exercises, and every wrong answer of WRONG is rejected
+  with a verdict that names a case and never prints the expected values (a missing 1/2, a sign, a sum
+  for a mean, a log-variance used as a scale, an exp or log that underflows, ...);
+* every exercise's hidden cases are the same on every call;
 * the checker leaves no global state behind (grad mode, default dtype, RNG).
 """
 
 from __future__ import annotations
 
+import importlib
 import re
 
 import pytest
 import torch
 
 from book_toc import myst_notebooks
-from exercise_solutions import ROOT, self_checking_exercises, solution_namespace
+from exercise_solutions import (ROOT, assert_cases_deterministic, assert_rejected, self_checking_exercises,
+                                solution_namespace, wrong_answers)
 from vaelib import exercises
 from vaelib.exercises import Case, Exercise, Verdict, check, describe, names, register
 
 CHAPTERS = [ROOT / f"{name}.md" for name in myst_notebooks() if re.search(r"ch\d+_", name)]
 USES = [(path, *use) for path in CHAPTERS for use in self_checking_exercises(path)]
+#: tests/test_exercises_chNN.py, one per chapter: its EXERCISES and WRONG answers.
+MODULES = {path.stem: importlib.import_module(path.stem)
+           for path in sorted((ROOT / "tests").glob("test_exercises_ch[0-9][0-9].py"))}
+WRONG_ANSWERS = [(module, name, mistake) for module in MODULES for name, mistake in wrong_answers(MODULES[module].WRONG)]
+
+
+def test_every_chapter_with_exercises_has_its_module():
+    assert sorted(MODULES[m].CHAPTER for m in MODULES) == sorted({path for path, *_ in USES})
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_a_chapter_module_lists_exactly_its_chapters_exercises(module):
+    chapter = MODULES[module]
+    assert self_checking_exercises(chapter.CHAPTER) == chapter.EXERCISES
+    assert set(chapter.WRONG) == {name for _, name, _ in chapter.EXERCISES}, "WRONG answers for each exercise"
+
+
+@pytest.mark.parametrize(("module", "name", "mistake"), WRONG_ANSWERS)
+def test_a_plausible_wrong_answer_fails_and_names_a_case(module, name, mistake):
+    assert_rejected(name, MODULES[module].WRONG[name][mistake], mistake)
+
+
+@pytest.mark.parametrize("name", sorted({name for _, _, name, _ in USES}))
+def test_the_cases_are_deterministic(name):
+    assert_cases_deterministic(name)
 
 
 def test_every_chapter_has_a_self_checking_exercise():

@@ -1,5 +1,6 @@
-"""Chapter 1's self-checking exercises (book/ch1_evidence.md): plausible wrong answers fail with a
-verdict that names the case, never the expected value. (test_exercises.py checks the book's solutions.)"""
+"""Chapter 1's self-checking exercises (book/ch1_evidence.md): EXERCISES lists them and WRONG the plausible
+wrong answers; tests/test_exercises.py checks that each is rejected with a verdict that names its case,
+never the expected value. Below, the tests only this chapter needs."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal, Normal
 
-from exercise_solutions import (BOOK, assert_cases_deterministic, assert_rejected,
-                                self_checking_exercises, wrong_answers)
+from exercise_solutions import BOOK, assert_rejected
 
 CHAPTER = BOOK / "ch1_evidence.md"
 
@@ -56,16 +56,6 @@ WRONG = {
 }
 
 
-def test_the_chapter_checks_exactly_these_exercises():
-    assert self_checking_exercises(CHAPTER) == EXERCISES
-    assert set(WRONG) == {name for _, name, _ in EXERCISES}
-
-
-@pytest.mark.parametrize(("name", "mistake"), wrong_answers(WRONG))
-def test_a_plausible_wrong_answer_fails_and_names_a_case(name, mistake):
-    assert_rejected(name, WRONG[name][mistake], mistake)
-
-
 @pytest.mark.parametrize("wrong", [mc_mean_of_logs, mc_sum_not_mean])
 def test_a_wrong_monte_carlo_estimate_fails_on_the_first_case(wrong):
     assert "case 1 of 4" in assert_rejected("ch1-mc-evidence", wrong)
@@ -75,8 +65,3 @@ def test_monte_carlo_outside_log_space_fails_on_the_informative_case():
     message = assert_rejected("ch1-mc-evidence", mc_outside_log_space)
     assert "case 3 of 4 (an informative observation" in message
     assert "NaN or infinite" in message
-
-
-@pytest.mark.parametrize("name", [name for _, name, _ in EXERCISES])
-def test_the_cases_are_deterministic(name):
-    assert_cases_deterministic(name)

@@ -1,12 +1,11 @@
-"""Chapter 11's self-checking exercises (book/ch11_hierarchy.md): plausible wrong answers fail with a
-verdict that names the case, never the expected value. (test_exercises.py checks the book's solutions.)"""
+"""Chapter 11's self-checking exercises (book/ch11_hierarchy.md): EXERCISES lists them and WRONG the plausible
+wrong answers; tests/test_exercises.py checks that each is rejected with a verdict that names its case,
+never the expected value."""
 
 from __future__ import annotations
 
-import pytest
 
-from exercise_solutions import (BOOK, assert_cases_deterministic, assert_rejected,
-                                self_checking_exercises, wrong_answers)
+from exercise_solutions import BOOK
 
 CHAPTER = BOOK / "ch11_hierarchy.md"
 
@@ -43,18 +42,3 @@ WRONG = {
             lambda z, mq, lq, mp, lp: (_log_normal(z, mq, lq) - _log_normal(z, mp, lp)).mean(-1).mean(0),
     },
 }
-
-
-def test_the_chapter_checks_exactly_these_exercises():
-    assert self_checking_exercises(CHAPTER) == EXERCISES
-    assert set(WRONG) == {name for _, name, _ in EXERCISES}
-
-
-@pytest.mark.parametrize(("name", "mistake"), wrong_answers(WRONG))
-def test_a_plausible_wrong_answer_fails_and_names_a_case(name, mistake):
-    assert_rejected(name, WRONG[name][mistake], mistake)
-
-
-@pytest.mark.parametrize("name", [name for _, name, _ in EXERCISES])
-def test_the_cases_are_deterministic(name):
-    assert_cases_deterministic(name)
