@@ -67,14 +67,15 @@ CHAINS: tuple[tuple[str, ...], ...] = (
      "book/ch11_hierarchy.md"),
 )
 
-#: Rough seconds of the long chapters on 2 cores (``make test``, 2026-12-07), used only to start the
-#: longest work first; chapters not listed count as :data:`DEFAULT_SECONDS`.
+#: Seconds of the long chapters in one serial pass on 2 cores (benchmarks/make_test.py, 2026-12-07), used
+#: only to start the longest work first; chapters not listed count as :data:`DEFAULT_SECONDS`.
 SECONDS_HINT: dict[str, float] = {
-    "book/ch6_generative.md": 45.0, "book/ch7_evaluation.md": 34.0, "book/ch8_richer_posteriors.md": 41.0,
-    "book/ch9_tighter_bounds.md": 41.0, "book/ch10_learned_priors.md": 31.0, "book/ch11_hierarchy.md": 41.0,
-    "book/ch12_diffusion.md": 63.0, "book/ch4_reconstruction_regularisation.md": 20.0,
+    "book/ch6_generative.md": 43.0, "book/ch7_evaluation.md": 33.0, "book/ch8_richer_posteriors.md": 38.0,
+    "book/ch9_tighter_bounds.md": 37.0, "book/ch10_learned_priors.md": 29.0, "book/ch11_hierarchy.md": 39.0,
+    "book/ch12_diffusion.md": 61.0, "book/ch4_reconstruction_regularisation.md": 17.0,
+    "book/ch3_elbo.md": 14.0,
 }
-DEFAULT_SECONDS = 12.0
+DEFAULT_SECONDS = 8.0
 
 _FIGURE_TEXT = re.compile(r"<Figure size \d+(?:\.\d+)?x\d+(?:\.\d+)? with \d+ Axes>")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -365,7 +366,19 @@ def _markdown_notebook_class():
 
         def setup(self):
             self.started = time.perf_counter()
-            super().setup()
+            try:
+                super().setup()
+            except RuntimeError as exc:
+                # nbval's setup only starts the kernel. One that dies before it answers (seen once, in a
+                # fresh clone's unit stage, when two workers started kernels at the same instant) has
+                # run none of the chapter's code: start it once more, and say so. A second failure
+                # fails the chapter.
+                import warnings
+
+                warnings.warn(f"{self.relpath}: the kernel failed to start ({exc}); starting it again",
+                              RuntimeWarning, stacklevel=1)
+                self.kernel = None
+                super().setup()
 
         def teardown(self):
             try:

@@ -13,8 +13,8 @@ exit status, messages, build logs, built pages. They prove that
   still run (and only they are cached);
 * each chapter runs once per `make test`, in a fresh kernel, in book/; a chapter that reuses another's
   training (conftest.CHAINS) runs after it even two at a time;
-* the strict build reads every chapter from the cache the runner filled and executes nothing, and it
-  fails when it would have to execute one (a chapter changed after the runner ran);
+* the strict build reads every chapter from the cache the chapter stage filled and executes nothing,
+  and it fails when it would have to execute one (a chapter changed after the chapter stage ran);
 * any Sphinx warning fails the strict build (a broken reference; a chapter writing to stderr, whose
   output comes from the cache);
 * a change of vaelib (or of the pins) clears the caches, so the next build executes the chapters
@@ -30,6 +30,7 @@ install stamp is newer than the copied pins, so `make` never tries to create or 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -221,7 +222,7 @@ def test_a_failing_cell_fails_the_run_naming_chapter_cell_and_line(tmp_path):
 @needs_make
 def test_a_figure_that_fails_to_draw_fails_the_run(tmp_path):
     # matplotlib's mathtext cannot parse \frac12: drawing the figure raises inside IPython's formatter,
-    # which then shows "<Figure size ...>" as text. Nothing raises in the cell, so the runner must look.
+    # which then shows "<Figure size ...>" as text, or reports the error on the output channel: either fails the cell.
     figure = ("import matplotlib.pyplot as plt\nfrom IPython.display import display\n"
               "fig, ax = plt.subplots()\nax.set_title(r'$\\frac12$')\ndisplay(fig)\nplt.close(fig)")
     glued = ("import matplotlib.pyplot as plt\nfrom myst_nb import glue\n"
@@ -273,7 +274,32 @@ def test_each_chapter_runs_once_and_a_chain_in_order_two_at_a_time(tmp_path):
     assert runs.index("ch6") < runs.index("ch7")
 
 
-# ---- make test-build: the strict build from the runner's cache ------------------------------------------
+def test_a_kernel_that_dies_at_start_is_started_once_more(tmp_path):
+    """A kernel that dies before it answers has run nothing: conftest.py starts it once more, with a
+    warning, and the chapter is judged by its cells. One that always dies fails the chapter."""
+    repo = tiny_repo(tmp_path, {"intro": chapter("Intro", "print('ran in the second kernel')")})
+    marker = tmp_path / "died-once"
+    kernels = tmp_path / "jupyter" / "kernels"
+    for name, dies in (("dies-once", f"not os.path.exists({str(marker)!r})"), ("dies-always", "True")):
+        (kernels / name).mkdir(parents=True)
+        start = ("import os, sys\n"
+                 f"if {dies}:\n    open({str(marker)!r}, 'w').close()\n    sys.exit(1)\n"
+                 "os.execv(sys.executable, [sys.executable, '-m', 'ipykernel_launcher', '-f', sys.argv[1]])")
+        (kernels / name / "kernel.json").write_text(json.dumps(
+            {"argv": [sys.executable, "-c", start, "{connection_file}"], "display_name": name, "language": "python"}))
+    env = {**os.environ, "JUPYTER_PATH": str(tmp_path / "jupyter")}
+    page = repo / "book" / "intro.md"
+    text = page.read_text()
+    for name, passes in (("dies-once", True), ("dies-always", False)):
+        page.write_text(text.replace("name: python3", f"name: {name}"))
+        run = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "book/intro.md"],
+                             cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+        out = run.stdout + run.stderr
+        assert (run.returncode == 0) == passes, out[-3000:]
+        assert "book/intro.md: the kernel failed to start" in out, out[-3000:]
+
+
+# ---- make test-build: the strict build from the chapter stage's cache -----------------------------------
 
 
 @needs_make
@@ -304,7 +330,7 @@ def test_strict_build_reads_every_chapter_from_the_runner_cache_and_executes_not
     assert f"cwd is {repo / 'book'}" in html, "the kernel ran in book/"
     assert "answer 42" in (repo / "_build" / "html" / "book" / "ch_a.html").read_text()
 
-    # A chapter whose code changed after the runner ran is not in the cache: the strict build would
+    # A chapter whose code changed after the chapter stage ran is not in the cache: the strict build would
     # have to execute it, and that fails `make test-build` (stale results can never pass).
     (repo / "book" / "ch_a.md").write_text(pages["ch_a"].replace("x = 41", "x = 40"))
     run = make(repo, "test-build")
@@ -319,7 +345,7 @@ def test_a_warning_fails_the_strict_build(tmp_path):
     pages = {
         "intro": chapter("Intro", "print('intro')"),
         "ch_a": chapter("Chapter A", "print('fine')", text="See {ref}`no-such-label`."),
-        # This page's output comes from the runner's cache; the build still turns it into a warning.
+        # This page's output comes from the chapter stage's cache; the build still turns it into a warning.
         "ch_b": chapter("Chapter B", "import sys\nprint('oops', file=sys.stderr)"),
     }
     repo = tiny_repo(tmp_path, pages)
@@ -423,7 +449,7 @@ def test_library_change_clears_the_execution_cache(tmp_path):
     assert not cache.exists(), "a change of requirements.txt must clear the execution cache"
 
 
-# ---- jupyter-book itself, and the authors' one-chapter runner ----------------------------------------
+# ---- jupyter-book itself, and nbval on one chapter, for authors ---------------------------------------
 
 
 def test_failing_self_check_fails_the_build_naming_the_cell(tmp_path):
