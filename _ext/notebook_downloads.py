@@ -50,6 +50,7 @@ from sphinx.util import logging
 if str(Path(__file__).resolve().parent) not in sys.path:  # Sphinx's local_extensions put it there
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 import notebook_convert  # noqa: E402
+from run_time import run_time_text  # noqa: E402  (the goals box's wording of a run time)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -89,17 +90,6 @@ def repository(config) -> tuple[str, str]:
 
 def book_macros(config) -> dict[str, Any]:
     return ((config.mathjax3_config or {}).get("tex") or {}).get("macros") or {}
-
-
-def run_time_text(seconds: float) -> str:
-    """``seconds`` as a reader would say it: "about 8 s", "about 25 s", "about 1 min 10 s"."""
-    if seconds < 10:
-        return f"about {max(1, round(seconds))} s"
-    rounded = int(5 * round(seconds / 5))
-    if rounded < 60:
-        return f"about {rounded} s"
-    minutes, rest = divmod(rounded, 60)
-    return f"about {minutes} min" + (f" {rest} s" if rest else "")
 
 
 def inline_markdown(node: nodes.Node) -> str:

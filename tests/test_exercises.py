@@ -69,6 +69,13 @@ def test_every_registered_exercise_is_in_a_chapter_and_back():
     assert sorted(used) == sorted(names()), (set(used) ^ set(names()))
 
 
+@pytest.mark.parametrize("name", sorted(names()))
+def test_what_a_learner_reads_cites_equations_by_number(name):
+    """describe() shows the title and answer: "eq. (2.4)", never an internal label like "eq. (kl-gaussians)"."""
+    text = describe(name)
+    assert not re.search(r"\(\s*[A-Za-z][\w-]*-[\w-]*\)", text), text
+
+
 @pytest.mark.parametrize("path, label, name, answer", USES,
                          ids=[f"{p.stem}:{n}" for p, _l, n, _a in USES])
 def test_the_books_solution_passes(path, label, name, answer):

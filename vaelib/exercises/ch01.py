@@ -39,7 +39,7 @@ def _evidence_cases() -> list[Case]:
 
 register(Exercise(
     name="ch1-lg-evidence",
-    title="the exact log-evidence log p(x) of the linear-Gaussian model, eq. (eq-lg-evidence)",
+    title="the exact log-evidence log p(x) of the linear-Gaussian model, eq. (1.6)",
     answer="a function log_evidence_exact(x, W, b, sigma)",
     kind="function",
     cases=_evidence_cases,
@@ -86,7 +86,7 @@ def _monte_carlo_cases() -> list[Case]:
 
 register(Exercise(
     name="ch1-mc-evidence",
-    title="the Monte Carlo estimate of log p(x) from prior draws, eq. (eq-mc-prior)",
+    title="the Monte Carlo estimate of log p(x) from prior draws, eq. (1.8)",
     answer="a function log_evidence_mc(x, W, b, sigma, z)",
     kind="function",
     cases=_monte_carlo_cases,

@@ -29,7 +29,7 @@ def _kl_cases() -> list[Case]:
 register(Exercise(
     name="ch2-gaussian-kl",
     title="the KL divergence between two diagonal Gaussians, summed over the last dimension, "
-          "eq. (kl-gaussians)",
+          "eq. (2.4)",
     answer="a function kl_gaussians(mu_q, logvar_q, mu_p, logvar_p)",
     kind="function",
     cases=_kl_cases,
@@ -71,7 +71,7 @@ def _mean_field_cases() -> list[Case]:
 register(Exercise(
     name="ch2-mean-field-variances",
     title="the variances s_i^2 of the mean-field Gaussian closest to N(mu, Sigma) in reverse KL, "
-          "eq. (mean-field-reverse)",
+          "eq. (2.6)",
     answer="a function mean_field_variances(Sigma)",
     kind="function",
     cases=_mean_field_cases,

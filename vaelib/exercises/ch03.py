@@ -53,7 +53,7 @@ def _elbo_cases() -> list[Case]:
 
 register(Exercise(
     name="ch3-linear-gaussian-elbo",
-    title="the exact ELBO of q = N(mu, S) for the linear-Gaussian model, eq. (eq-elbo-linear-gaussian)",
+    title="the exact ELBO of q = N(mu, S) for the linear-Gaussian model, eq. (3.6)",
     answer="a function elbo_linear_gaussian(x, W, b, sigma, mu, S)",
     kind="function",
     cases=_elbo_cases,
@@ -64,7 +64,7 @@ register(Exercise(
 
 def _gap_cases() -> list[Case]:
     """Reference: torch.distributions' KL from N(0, diag(1 / M_jj)) to N(0, M^-1) (the reverse-KL
-    optimum of chapter 2's theorem), not eq. (eq-mean-field-gap) itself."""
+    optimum of chapter 2's theorem), not eq. (3.7) itself."""
     gen = torch.Generator().manual_seed(3004)
     W = torch.tensor([[1.0, 0.8], [0.6, 1.0], [1.2, 0.9], [0.5, 0.7]], dtype=F64)
     precisions = [
@@ -88,7 +88,7 @@ def _gap_cases() -> list[Case]:
 register(Exercise(
     name="ch3-mean-field-gap",
     title="the smallest KL divergence from a mean-field q to a Gaussian posterior of precision M, "
-          "eq. (eq-mean-field-gap)",
+          "eq. (3.7)",
     answer="a function mean_field_gap(M)",
     kind="function",
     cases=_gap_cases,

@@ -31,7 +31,7 @@ def _bernoulli_cases() -> list[Case]:
 register(Exercise(
     name="ch4-bernoulli-reconstruction",
     title="the Bernoulli log-likelihood log p(x | z) of binary images from the decoder's logits, "
-          "eq. (bernoulli-log-likelihood)",
+          "eq. (4.4)",
     answer="a function bernoulli_log_likelihood(x, logits)",
     kind="function",
     cases=_bernoulli_cases,
@@ -61,7 +61,7 @@ def _gaussian_cases() -> list[Case]:
 register(Exercise(
     name="ch4-gaussian-reconstruction",
     title="the Gaussian log-likelihood log N(x; x_hat, sigma_x^2 I) of images, "
-          "eq. (gaussian-log-likelihood)",
+          "eq. (4.5)",
     answer="a function gaussian_log_likelihood(x, x_hat, sigma)",
     kind="function",
     cases=_gaussian_cases,

@@ -9,7 +9,7 @@ from ._checker import Case, Exercise, register
 
 
 def _full_kl_cases() -> list[Case]:
-    """KL(N(mu, L L^T) || N(0, I)) with L = (I + M) diag(sigma), eq. (full-encoder).
+    """KL(N(mu, L L^T) || N(0, I)) with L = (I + M) diag(sigma), eq. (8.1).
 
     Reference: torch.distributions' closed form for two MultivariateNormals (float64).
     """
@@ -46,7 +46,7 @@ register(Exercise(
 
 
 def _iaf_cases() -> list[Case]:
-    """log q_T(z_T) = log q_0(z_0) - sum over steps of log |det J_t|, eq. (iaf-log-q).
+    """log q_T(z_T) = log q_0(z_0) - sum over steps of log |det J_t|, eq. (8.3).
 
     Reference: each step's Jacobian built as a lower-triangular matrix (diagonal sigmoid(s + shift),
     random entries below it, each column scaled by its diagonal entry, so that LU needs no pivoting

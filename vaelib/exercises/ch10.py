@@ -52,7 +52,7 @@ register(Exercise(
 
 def _mi_cases() -> list[Case]:
     """I_q = mean over n and draws j of log q(z_nj | x_n) - log q(z_nj), with
-    log q(z) = log (1/N) sum_m q(z | x_m), eq. (elbo-surgery).
+    log q(z) = log (1/N) sum_m q(z | x_m), eq. (10.1).
 
     Reference: a loop over codes in float64 with math.fsum, shifted by each code's largest
     log-density.

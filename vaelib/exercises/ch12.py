@@ -51,7 +51,7 @@ def _step_kl_cases() -> list[Case]:
         gap = torch.rand((b,), generator=gen, dtype=dtype) * (step[1] - step[0]) + step[0]
         lam_s = (lam_t + gap).to(dtype)  # s < t: less noise at s
         # the reference: chapter 2's generic KL between the forward posterior q(z_s | z_t, x)
-        # and the reverse step q(z_s | z_t, x_hat), built from eq. (forward-posterior) in float64
+        # and the reverse step q(z_s | z_t, x_hat), built from eq. (12.4) in float64
         (a_s, s_s), (a_t, s_t) = _alpha_sigma(lam_s), _alpha_sigma(lam_t)
         var_ts = s_t**2 * -torch.expm1(lam_t.double() - lam_s.double())  # sigma_{t|s}^2
         z_t = a_t[:, None] * x.double() + s_t[:, None] * torch.randn(
